@@ -1,0 +1,59 @@
+"""The ``MODEL.FCOS`` config keys.
+
+Key names follow the FCOS reference implementations (AdelaiDet and the original
+maskrcnn-benchmark code), so configs written for them port with few changes. Every key
+is documented in the README ("Config keys").
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_fcos_config(cfg: CN) -> CN:
+    """Add the FCOS keys to a Detectron2 config in place and return it.
+
+    Calling it twice is harmless: keys already present keep their values.
+    """
+    if "FCOS" in cfg.MODEL:
+        return cfg
+    was_frozen = cfg.is_frozen()
+    cfg.defrost()
+
+    _C = cfg
+    _C.MODEL.FCOS = CN()
+    fcos = _C.MODEL.FCOS
+    # ---- architecture -------------------------------------------------------------------
+    fcos.NUM_CLASSES = 80
+    fcos.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    fcos.FPN_STRIDES = [8, 16, 32, 64, 128]
+    # Where P6/P7 come from: "p5" (FCOS paper) or "res5" (RetinaNet).
+    fcos.TOP_BLOCK_IN_FEATURE = "p5"
+    fcos.PRIOR_PROB = 0.01
+    fcos.NUM_CLS_CONVS = 4
+    fcos.NUM_BOX_CONVS = 4
+    fcos.NUM_SHARE_CONVS = 0
+    fcos.NORM = "GN"  # "GN", "BN" (one BatchNorm per level), or "" for none
+    fcos.USE_SCALE = True  # learnable scale per level on the box distances
+    fcos.USE_RELU = True  # ReLU on the scaled distances; False uses exp()
+    fcos.CENTERNESS_ON_REG = True  # centerness on the box tower (False: cls tower)
+    fcos.USE_DEFORMABLE = False  # deformable conv as the last conv of each tower
+    # ---- target assignment --------------------------------------------------------------
+    fcos.SIZES_OF_INTEREST = [64, 128, 256, 512]
+    fcos.CENTER_SAMPLE = True
+    fcos.POS_RADIUS = 1.5
+    # ---- losses -------------------------------------------------------------------------
+    fcos.LOSS_ALPHA = 0.25
+    fcos.LOSS_GAMMA = 2.0
+    fcos.LOC_LOSS_TYPE = "giou"  # "iou", "linear_iou", "giou"
+    # ---- inference ----------------------------------------------------------------------
+    fcos.INFERENCE_TH_TRAIN = 0.05
+    fcos.INFERENCE_TH_TEST = 0.05
+    fcos.PRE_NMS_TOPK_TRAIN = 1000
+    fcos.PRE_NMS_TOPK_TEST = 1000
+    fcos.POST_NMS_TOPK_TRAIN = 100
+    fcos.POST_NMS_TOPK_TEST = 100
+    fcos.NMS_TH = 0.6
+    fcos.THRESH_WITH_CTR = False  # threshold cls*ctr instead of cls
+    fcos.SCORE_SQRT = True  # final score sqrt(cls*ctr); False gives cls*ctr
+
+    if was_frozen:
+        cfg.freeze()
+    return cfg

@@ -1,0 +1,17 @@
+"""FCOS modules, registered in Detectron2's registries on import."""
+from .backbone import build_fcos_resnet_fpn_backbone
+from .head import FCOSHead
+from .inference import FCOSPostProcessor
+from .losses import FCOSLosses
+from .meta_arch import FCOS
+from .targets import FCOSTargetAssigner, compute_locations
+
+__all__ = [
+    "FCOS",
+    "FCOSHead",
+    "FCOSLosses",
+    "FCOSPostProcessor",
+    "FCOSTargetAssigner",
+    "build_fcos_resnet_fpn_backbone",
+    "compute_locations",
+]

@@ -1,0 +1,86 @@
+"""Post-processing on crafted head outputs: threshold, top-k, NMS, rescaling."""
+import math
+
+import pytest
+import torch
+
+import fcos_d2  # noqa: F401
+from fcos_d2.modeling.inference import FCOSPostProcessor, decode_boxes
+from fcos_d2.modeling.meta_arch import FCOS
+from fcos_d2.modeling.targets import compute_locations
+
+
+def one_level(probs, ctr, dists, height=2, width=2, stride=8):
+    """Head outputs of a single image, single level: probs (R, K), ctr (R,), dists (R, 4)."""
+    locations = [compute_locations(height, width, stride)]
+    logits = [torch.tensor(probs).logit()[None]]
+    ctrness = [torch.tensor(ctr).logit()[None]]
+    box = [torch.tensor(dists, dtype=torch.float32)[None]]
+    return locations, [stride], logits, box, ctrness
+
+
+def test_decode_boxes():
+    points = torch.tensor([[4.0, 4.0]])
+    boxes = decode_boxes(points, torch.tensor([[0.5, 0.25, 1.0, 2.0]]), torch.tensor([8.0]))
+    assert boxes.tolist() == [[0.0, 2.0, 12.0, 20.0]]
+
+
+def test_threshold_score_and_decoding():
+    post = FCOSPostProcessor(score_thresh=0.3, nms_thresh=0.6, score_sqrt=True)
+    probs = [[0.9, 0.1], [0.2, 0.25], [0.1, 0.6], [0.05, 0.05]]
+    ctr = [0.4, 0.9, 0.9, 0.9]
+    d = [[0.5, 0.5, 0.5, 0.5]] * 4
+    out = post(*one_level(probs, ctr, d), image_sizes=[(16, 16)])[0]
+    # survivors: (loc 0, class 0) and (loc 2, class 1); scores sqrt(cls * ctr)
+    assert out.pred_classes.tolist() == [1, 0]
+    assert out.scores.tolist() == pytest.approx([math.sqrt(0.6 * 0.9), math.sqrt(0.9 * 0.4)])
+    # loc 2 is (4, 12), distances 0.5 * 8 = 4
+    assert out.pred_boxes.tensor.tolist() == [[0, 8, 8, 16], [0, 0, 8, 8]]
+
+
+def test_product_score_and_threshold_with_centerness():
+    post = FCOSPostProcessor(score_thresh=0.3, thresh_with_ctr=True, score_sqrt=False)
+    probs = [[0.9], [0.5], [0.2], [0.1]]
+    ctr = [0.3, 0.9, 0.9, 0.9]  # cls*ctr = 0.27, 0.45, 0.18, 0.09
+    out = post(*one_level(probs, ctr, [[0.4] * 4] * 4), image_sizes=[(16, 16)])[0]
+    assert out.scores.tolist() == pytest.approx([0.45])
+
+
+def test_pre_nms_topk_keeps_the_best_per_level():
+    post = FCOSPostProcessor(score_thresh=0.05, pre_nms_topk=2, nms_thresh=1.0)
+    probs = [[0.9], [0.8], [0.7], [0.6]]
+    out = post(*one_level(probs, [0.5] * 4, [[0.4] * 4] * 4), image_sizes=[(16, 16)])[0]
+    assert out.scores.tolist() == pytest.approx([math.sqrt(0.45), math.sqrt(0.4)])
+
+
+def test_class_aware_nms_and_post_nms_topk():
+    # Locations 0 and 1 predict the same box (distances differ by one stride in x).
+    d = [[0.5, 0.5, 1.5, 0.5], [1.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5, 0.5]]
+    probs = [[0.9, 0.05], [0.8, 0.05], [0.05, 0.7], [0.05, 0.05]]
+    post = FCOSPostProcessor(score_thresh=0.3, nms_thresh=0.5)
+    out = post(*one_level(probs, [1.0 - 1e-6] * 4, d), image_sizes=[(16, 16)])[0]
+    assert out.pred_classes.tolist() == [0, 1]  # the duplicate of class 0 is suppressed
+    # The same box with another class is kept: NMS is per class.
+    probs[1] = [0.05, 0.8]
+    out = post(*one_level(probs, [1.0 - 1e-6] * 4, d), image_sizes=[(16, 16)])[0]
+    assert sorted(out.pred_classes.tolist()) == [0, 1, 1]
+    top1 = FCOSPostProcessor(score_thresh=0.3, nms_thresh=0.5, post_nms_topk=1)
+    out = top1(*one_level(probs, [1.0 - 1e-6] * 4, d), image_sizes=[(16, 16)])[0]
+    assert len(out) == 1 and out.scores.item() == pytest.approx(math.sqrt(0.9), rel=1e-4)
+
+
+def test_boxes_are_clipped_to_the_image():
+    post = FCOSPostProcessor(score_thresh=0.3)
+    probs = [[0.9], [0.05], [0.05], [0.05]]
+    out = post(*one_level(probs, [0.5] * 4, [[2.0, 2.0, 2.0, 0.5]] * 4), image_sizes=[(12, 10)])[0]
+    assert out.pred_boxes.tensor.tolist() == [[0, 0, 10, 8]]
+
+
+def test_detections_rescaled_to_the_original_image_size():
+    post = FCOSPostProcessor(score_thresh=0.3)
+    probs = [[0.9], [0.05], [0.05], [0.05]]
+    results = post(*one_level(probs, [0.5] * 4, [[0.5] * 4] * 4), image_sizes=[(16, 16)])
+    inputs = [{"image": torch.zeros(3, 16, 16), "height": 32, "width": 64}]
+    out = FCOS.postprocess_to_original(results, inputs, [(16, 16)])[0]["instances"]
+    assert out.image_size == (32, 64)
+    assert out.pred_boxes.tensor.tolist() == [[0, 0, 32, 16]]  # (0, 0, 8, 8) * (4, 2)

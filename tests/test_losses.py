@@ -1,0 +1,82 @@
+"""Loss values on tiny inputs computed by hand."""
+import math
+
+import pytest
+import torch
+
+import fcos_d2  # noqa: F401
+from fcos_d2.modeling.losses import FCOSLosses, iou_loss
+
+LN2 = math.log(2.0)
+
+
+def test_iou_losses_on_nested_boxes():
+    pred = torch.tensor([[1.0, 1.0, 1.0, 1.0]])  # 2 x 2 box around the point
+    target = torch.tensor([[1.0, 1.0, 2.0, 2.0]])  # 3 x 3 box, contains pred
+    iou = 4 / 9
+    assert iou_loss(pred, target, "iou").item() == pytest.approx(-math.log(iou), rel=1e-5)
+    assert iou_loss(pred, target, "linear_iou").item() == pytest.approx(1 - iou, rel=1e-5)
+    assert iou_loss(pred, target, "giou").item() == pytest.approx(1 - iou, rel=1e-5)
+
+
+def test_giou_penalises_the_empty_part_of_the_enclosing_box():
+    pred = torch.tensor([[2.0, 0.5, 0.5, 2.0]])
+    target = torch.tensor([[0.5, 2.0, 2.0, 0.5]])
+    inter, union, enclose = 1.0, 6.25 + 6.25 - 1.0, 16.0
+    giou = inter / union - (enclose - union) / enclose
+    assert iou_loss(pred, target, "giou").item() == pytest.approx(1 - giou, rel=1e-5)
+
+
+def test_unknown_loc_loss_type_is_refused():
+    with pytest.raises(ValueError, match="LOC_LOSS_TYPE"):
+        FCOSLosses(num_classes=2, loc_loss_type="l1")
+
+
+def test_fcos_losses_by_hand():
+    """Two locations, two classes: one positive (class 1), one background."""
+    losses = FCOSLosses(num_classes=2, focal_alpha=0.25, focal_gamma=2.0, loc_loss_type="linear_iou")
+    logits = torch.zeros(1, 2, 2)  # p = 0.5 everywhere
+    box = torch.tensor([[[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]])
+    ctr = torch.zeros(1, 2)  # sigmoid 0.5
+    labels = torch.tensor([[1, 2]])
+    reg = torch.tensor([[[1.0, 1.0, 2.0, 2.0], [0.0, 0.0, 0.0, 0.0]]])
+    out = losses(logits, box, ctr, labels, reg)
+
+    pos_term = 0.25 * 0.5**2 * LN2  # alpha (1 - p)^2 (-log p)
+    neg_term = 0.75 * 0.5**2 * LN2  # (1 - alpha) p^2 (-log(1 - p))
+    # 4 logits: the positive's class-1 logit is a positive term, the other three negative.
+    assert out["loss_fcos_cls"].item() == pytest.approx(pos_term + 3 * neg_term, rel=1e-5)
+    ctr_target = math.sqrt(1 / 2 * 1 / 2)  # l/r = 1/2, t/b = 1/2
+    # loc: (1 - IoU) weighted by centerness target, normalised by its sum -> 1 - 4/9
+    assert out["loss_fcos_loc"].item() == pytest.approx(1 - 4 / 9, rel=1e-5)
+    bce = -(ctr_target * math.log(0.5) + (1 - ctr_target) * math.log(0.5))
+    assert out["loss_fcos_ctr"].item() == pytest.approx(bce, rel=1e-5)
+
+
+def test_ignored_locations_do_not_count():
+    losses = FCOSLosses(num_classes=1)
+    logits = torch.zeros(1, 3, 1)
+    box = torch.ones(1, 3, 4)
+    ctr = torch.zeros(1, 3)
+    reg = torch.ones(1, 3, 4)
+    with_ignored = losses(logits, box, ctr, torch.tensor([[0, 1, -1]]), reg)
+    without = losses(logits[:, :2], box[:, :2], ctr[:, :2], torch.tensor([[0, 1]]), reg[:, :2])
+    for key in with_ignored:
+        assert with_ignored[key].item() == pytest.approx(without[key].item())
+
+
+def test_image_without_positives_gives_finite_losses_and_gradients():
+    losses = FCOSLosses(num_classes=3)
+    logits = torch.randn(2, 5, 3, requires_grad=True)
+    box = torch.rand(2, 5, 4, requires_grad=True)
+    ctr = torch.randn(2, 5, requires_grad=True)
+    out = losses(logits, box, ctr, torch.full((2, 5), 3), torch.zeros(2, 5, 4))
+    total = sum(out.values())
+    assert all(torch.isfinite(v) for v in out.values())
+    assert out["loss_fcos_loc"].item() == 0 and out["loss_fcos_ctr"].item() == 0
+    # normalised by max(num_pos, 1) = 1: the sum of the negatives' focal terms
+    p = torch.sigmoid(logits)
+    expected = (0.75 * p**2 * -torch.log(1 - p)).sum()
+    assert out["loss_fcos_cls"].item() == pytest.approx(expected.item(), rel=1e-4)
+    total.backward()
+    assert torch.isfinite(logits.grad).all()

@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""Train and evaluate FCOS (or any Detectron2 model using fcos_d2's modules).
+
+    python train_net.py --config-file configs/FCOS-Demo/fcos_R_18_demo.yaml
+    python train_net.py --config-file CFG --eval-only MODEL.WEIGHTS path/to/model.pth
+    python train_net.py --config-file CFG --resume          # continue a killed run
+    python train_net.py --config-file CFG --num-gpus 2      # 2 processes (gloo on CPU)
+"""
+import torch
+
+import fcos_d2  # noqa: F401  (registers FCOS modules and the demo datasets)
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup
+
+from fcos_d2 import add_fcos_config
+from fcos_d2.engine import Trainer, launch
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_fcos_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        print(f"CUDA is not available: running on CPU instead of MODEL.DEVICE={cfg.MODEL.DEVICE}")
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
