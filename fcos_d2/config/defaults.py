@@ -54,6 +54,20 @@ def add_fcos_config(cfg: CN) -> CN:
     fcos.THRESH_WITH_CTR = False  # threshold cls*ctr instead of cls
     fcos.SCORE_SQRT = True  # final score sqrt(cls*ctr); False gives cls*ctr
 
+
+    # ---- FCOS as the RPN of a two-stage detector (PROPOSAL_GENERATOR.NAME: "FCOS") ------
+    # Defaults follow Detectron2's anchor RPN: top-k per level before NMS, top-k per image
+    # after NMS at IoU 0.7, no score threshold.
+    fcos.RPN = CN()
+    fcos.RPN.CLASS_AGNOSTIC = True  # one "object" class; False uses NUM_CLASSES
+    fcos.RPN.SCORE_TH = 0.0
+    fcos.RPN.PRE_NMS_TOPK_TRAIN = 2000
+    fcos.RPN.PRE_NMS_TOPK_TEST = 1000
+    fcos.RPN.POST_NMS_TOPK_TRAIN = 1000
+    fcos.RPN.POST_NMS_TOPK_TEST = 1000
+    fcos.RPN.NMS_TH_TRAIN = 0.7
+    fcos.RPN.NMS_TH_TEST = 0.7
+
     if was_frozen:
         cfg.freeze()
     return cfg

@@ -4,6 +4,7 @@ from .head import FCOSHead
 from .inference import FCOSPostProcessor
 from .losses import FCOSLosses
 from .meta_arch import FCOS
+from .proposal_generator import FCOSProposalGenerator
 from .targets import FCOSTargetAssigner, compute_locations
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "FCOSHead",
     "FCOSLosses",
     "FCOSPostProcessor",
+    "FCOSProposalGenerator",
     "FCOSTargetAssigner",
     "build_fcos_resnet_fpn_backbone",
     "compute_locations",

@@ -1,0 +1,122 @@
+"""FCOS as a proposal generator (an RPN) for Detectron2's two-stage detectors."""
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY
+from detectron2.structures import ImageList, Instances
+
+from .head import FCOSHead
+from .inference import FCOSPostProcessor
+from .losses import FCOSLosses
+from .outputs import check_strides, fcos_losses, level_locations, per_level_predictions
+from .targets import FCOSTargetAssigner
+
+__all__ = ["FCOSProposalGenerator"]
+
+
+class FCOSProposalGenerator(nn.Module):
+    """The FCOS head, targets, losses and post-processing, used as an RPN.
+
+    Returns Detectron2's proposal convention: per image an ``Instances`` with
+    ``proposal_boxes`` (in the padded input's coordinates, clipped to the image) and
+    ``objectness_logits`` (sorted, highest first), plus the FCOS losses in training.
+    Registered as ``PROPOSAL_GENERATOR_REGISTRY["FCOS"]``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        head: nn.Module,
+        in_features: List[str],
+        strides: List[int],
+        target_assigner: FCOSTargetAssigner,
+        losses: FCOSLosses,
+        postprocessor_train: FCOSPostProcessor,
+        postprocessor_test: FCOSPostProcessor,
+        class_agnostic: bool = True,
+    ):
+        super().__init__()
+        self.head = head
+        self.in_features = list(in_features)
+        self.strides = [int(s) for s in strides]
+        self.target_assigner = target_assigner
+        self.losses = losses
+        self.postprocessor_train = postprocessor_train
+        self.postprocessor_test = postprocessor_test
+        self.class_agnostic = class_agnostic
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        fcos, rpn = cfg.MODEL.FCOS, cfg.MODEL.FCOS.RPN
+        in_features = fcos.IN_FEATURES
+        check_strides(input_shape, in_features, fcos.FPN_STRIDES)
+        num_classes = 1 if rpn.CLASS_AGNOSTIC else fcos.NUM_CLASSES
+        head_args = FCOSHead.from_config(cfg, [input_shape[f] for f in in_features])
+        assigner_args = FCOSTargetAssigner.from_config(cfg)
+        loss_args = FCOSLosses.from_config(cfg)
+
+        def postprocessor(split: str) -> FCOSPostProcessor:
+            return FCOSPostProcessor(
+                score_thresh=rpn.SCORE_TH,
+                pre_nms_topk=rpn[f"PRE_NMS_TOPK_{split}"],
+                post_nms_topk=rpn[f"POST_NMS_TOPK_{split}"],
+                nms_thresh=rpn[f"NMS_TH_{split}"],
+                thresh_with_ctr=fcos.THRESH_WITH_CTR,
+                score_sqrt=fcos.SCORE_SQRT,
+            )
+
+        return {
+            "head": FCOSHead(**{**head_args, "num_classes": num_classes}),
+            "in_features": in_features,
+            "strides": fcos.FPN_STRIDES,
+            "target_assigner": FCOSTargetAssigner(**{**assigner_args, "num_classes": num_classes}),
+            "losses": FCOSLosses(**{**loss_args, "num_classes": num_classes}),
+            "postprocessor_train": postprocessor("TRAIN"),
+            "postprocessor_test": postprocessor("TEST"),
+            "class_agnostic": rpn.CLASS_AGNOSTIC,
+        }
+
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, Tensor],
+        gt_instances: Optional[List[Instances]] = None,
+    ) -> Tuple[List[Instances], Dict[str, Tensor]]:
+        features = [features[f] for f in self.in_features]
+        logits, box_dists, ctrness = self.head(features)
+        locations = level_locations(features, self.strides)
+
+        losses = {}
+        if self.training:
+            if gt_instances is None:
+                raise ValueError("FCOSProposalGenerator needs gt_instances in training")
+            losses = fcos_losses(
+                self.target_assigner, self.losses, locations, logits, box_dists, ctrness,
+                gt_instances, class_agnostic=self.class_agnostic,
+            )
+        postprocessor = self.postprocessor_train if self.training else self.postprocessor_test
+        with torch.no_grad():
+            detections = postprocessor(
+                locations,
+                self.strides,
+                *per_level_predictions(logits, box_dists, ctrness),
+                images.image_sizes,
+            )
+        return [self.to_proposals(d) for d in detections], losses
+
+    @staticmethod
+    def to_proposals(detections: Instances) -> Instances:
+        """Detections (sorted by score) -> ``proposal_boxes`` + ``objectness_logits``."""
+        order = detections.scores.argsort(descending=True)
+        proposals = Instances(detections.image_size)
+        proposals.proposal_boxes = detections.pred_boxes[order]
+        proposals.objectness_logits = torch.logit(detections.scores[order], eps=1e-6)
+        return proposals
+
+
+PROPOSAL_GENERATOR_REGISTRY._do_register("FCOS", FCOSProposalGenerator)
