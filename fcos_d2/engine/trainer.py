@@ -1,9 +1,11 @@
 """Detectron2's DefaultTrainer with an evaluator chosen by the dataset's evaluator_type."""
 import os
 
-from detectron2.data import MetadataCatalog
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDetectionEvaluator
+
+from ..data.mapper import FCOSDatasetMapper
 
 __all__ = ["Trainer", "build_evaluator"]
 
@@ -24,7 +26,16 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str = None):
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer (checkpoints, ETA and metrics logging, periodic evaluation)."""
+    """DefaultTrainer (checkpoints, ETA and metrics logging, periodic evaluation) with
+    :class:`FCOSDatasetMapper` and an evaluator picked by the dataset's evaluator_type."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=FCOSDatasetMapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=FCOSDatasetMapper(cfg, False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
