@@ -42,7 +42,10 @@ def add_fcos_config(cfg: CN) -> CN:
     # ---- losses -------------------------------------------------------------------------
     fcos.LOSS_ALPHA = 0.25
     fcos.LOSS_GAMMA = 2.0
-    fcos.LOC_LOSS_TYPE = "giou"  # "iou", "linear_iou", "giou"
+    fcos.LOC_LOSS_TYPE = "giou"  # "iou", "linear_iou", "giou", "smooth_l1"
+    fcos.LOSS_NORMALIZER_CLS = "fg"  # "fg", "moving_fg", "all"
+    # What the centerness branch predicts: "ctrness" (centerness) or "iou" (box IoU).
+    fcos.BOX_QUALITY = "ctrness"
     # ---- inference ----------------------------------------------------------------------
     fcos.INFERENCE_TH_TRAIN = 0.05
     fcos.INFERENCE_TH_TEST = 0.05

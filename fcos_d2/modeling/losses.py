@@ -2,8 +2,9 @@
 from typing import Dict
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
+from fvcore.nn import smooth_l1_loss
 from torchvision.ops import sigmoid_focal_loss
 
 from detectron2.config import configurable
@@ -11,9 +12,11 @@ from detectron2.utils import comm
 
 from .targets import centerness_targets
 
-__all__ = ["FCOSLosses", "iou_loss", "mean_over_workers"]
+__all__ = ["FCOSLosses", "box_iou_ltrb", "iou_loss", "mean_over_workers"]
 
 LOC_LOSS_TYPES = ("iou", "linear_iou", "giou")
+CLS_NORMALIZERS = ("fg", "moving_fg", "all")
+BOX_QUALITIES = ("ctrness", "iou")
 _EPS = 1e-6
 
 
@@ -27,6 +30,27 @@ def mean_over_workers(value: Tensor) -> Tensor:
     return value / world_size
 
 
+def _check_choice(key: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {tuple(choices)}, got {value!r}")
+
+
+def _intersection_union(pred: Tensor, target: Tensor):
+    """Intersection and union areas of (M, 4) ltrb boxes around the same points."""
+    pred_area = (pred[:, 0] + pred[:, 2]) * (pred[:, 1] + pred[:, 3])
+    target_area = (target[:, 0] + target[:, 2]) * (target[:, 1] + target[:, 3])
+    inter_w = torch.min(pred[:, 0], target[:, 0]) + torch.min(pred[:, 2], target[:, 2])
+    inter_h = torch.min(pred[:, 1], target[:, 1]) + torch.min(pred[:, 3], target[:, 3])
+    inter = inter_w * inter_h
+    return inter, pred_area + target_area - inter
+
+
+def box_iou_ltrb(pred: Tensor, target: Tensor) -> Tensor:
+    """(M,) IoU of boxes given as (l, t, r, b) distances from the same points."""
+    inter, union = _intersection_union(pred, target)
+    return inter / union.clamp(min=_EPS)
+
+
 def iou_loss(pred: Tensor, target: Tensor, loss_type: str = "giou") -> Tensor:
     """Per-location IoU-family loss between boxes given as (l, t, r, b) from one point.
 
@@ -36,12 +60,7 @@ def iou_loss(pred: Tensor, target: Tensor, loss_type: str = "giou") -> Tensor:
     Returns:
         (M,) losses.
     """
-    pred_area = (pred[:, 0] + pred[:, 2]) * (pred[:, 1] + pred[:, 3])
-    target_area = (target[:, 0] + target[:, 2]) * (target[:, 1] + target[:, 3])
-    inter_w = torch.min(pred[:, 0], target[:, 0]) + torch.min(pred[:, 2], target[:, 2])
-    inter_h = torch.min(pred[:, 1], target[:, 1]) + torch.min(pred[:, 3], target[:, 3])
-    inter = inter_w * inter_h
-    union = pred_area + target_area - inter
+    inter, union = _intersection_union(pred, target)
     iou = inter / union.clamp(min=_EPS)
     if loss_type == "iou":
         return -torch.log(iou.clamp(min=_EPS))
@@ -53,17 +72,19 @@ def iou_loss(pred: Tensor, target: Tensor, loss_type: str = "giou") -> Tensor:
         enclose = (enclose_w * enclose_h).clamp(min=_EPS)
         giou = iou - (enclose - union) / enclose
         return 1 - giou
-    raise ValueError(f"MODEL.FCOS.LOC_LOSS_TYPE must be one of {LOC_LOSS_TYPES}, got {loss_type!r}")
+    _check_choice("MODEL.FCOS.LOC_LOSS_TYPE", loss_type, LOC_LOSS_TYPES)
 
 
-class FCOSLosses:
+class FCOSLosses(nn.Module):
     """Computes ``loss_fcos_cls``, ``loss_fcos_loc`` and ``loss_fcos_ctr``.
 
-    * classification: sigmoid focal loss summed over all non-ignored locations and divided
-      by the number of positives (averaged over workers, so 1 and N workers agree);
-    * box: IoU-family loss of positives weighted by their centerness targets, divided by
-      the sum of those targets (averaged over workers);
-    * centerness: BCE of positives, divided by the number of positives.
+    * classification: sigmoid focal loss summed over all non-ignored locations, divided by
+      the number of positives ("fg", averaged over workers so 1 and N workers agree), by
+      its moving average ("moving_fg") or by the number of non-ignored locations ("all");
+    * box: IoU-family (or smooth-L1) loss of positives weighted by their centerness
+      targets, divided by the sum of those targets (averaged over workers);
+    * box quality: BCE of positives against the centerness target ("ctrness") or against
+      the IoU of the predicted and ground-truth boxes ("iou"), divided by the positives.
     """
 
     @configurable
@@ -74,15 +95,23 @@ class FCOSLosses:
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         loc_loss_type: str = "giou",
+        cls_normalizer: str = "fg",
+        box_quality: str = "ctrness",
+        moving_fg_momentum: float = 0.9,
     ):
-        if loc_loss_type not in LOC_LOSS_TYPES:
-            raise ValueError(
-                f"MODEL.FCOS.LOC_LOSS_TYPE must be one of {LOC_LOSS_TYPES}, got {loc_loss_type!r}"
-            )
+        super().__init__()
+        _check_choice("MODEL.FCOS.LOC_LOSS_TYPE", loc_loss_type, LOC_LOSS_TYPES + ("smooth_l1",))
+        _check_choice("MODEL.FCOS.LOSS_NORMALIZER_CLS", cls_normalizer, CLS_NORMALIZERS)
+        _check_choice("MODEL.FCOS.BOX_QUALITY", box_quality, BOX_QUALITIES)
         self.num_classes = num_classes
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.loc_loss_type = loc_loss_type
+        self.cls_normalizer = cls_normalizer
+        self.box_quality = box_quality
+        self.moving_fg_momentum = moving_fg_momentum
+        # running mean of the positives per batch, for cls_normalizer="moving_fg"
+        self.register_buffer("moving_num_fg", torch.tensor(100.0))
 
     @classmethod
     def from_config(cls, cfg):
@@ -92,13 +121,15 @@ class FCOSLosses:
             "focal_alpha": fcos.LOSS_ALPHA,
             "focal_gamma": fcos.LOSS_GAMMA,
             "loc_loss_type": fcos.LOC_LOSS_TYPE,
+            "cls_normalizer": fcos.LOSS_NORMALIZER_CLS,
+            "box_quality": fcos.BOX_QUALITY,
         }
 
-    def __call__(
+    def forward(
         self,
         logits: Tensor,
         box_dists: Tensor,
-        ctrness: Tensor,
+        quality: Tensor,
         labels: Tensor,
         reg_targets: Tensor,
     ) -> Dict[str, Tensor]:
@@ -106,15 +137,15 @@ class FCOSLosses:
         Args:
             logits: (N, R, K) class logits over all levels' locations.
             box_dists: (N, R, 4) predicted distances, in stride units.
-            ctrness: (N, R) centerness logits.
+            quality: (N, R) centerness (or IoU) logits.
             labels: (N, R) from :class:`FCOSTargetAssigner` (K background, -1 ignored).
             reg_targets: (N, R, 4) target distances, in stride units.
         """
         # Loss math in fp32, also under mixed precision.
-        logits, box_dists, ctrness = logits.float(), box_dists.float(), ctrness.float()
+        logits, box_dists, quality = logits.float(), box_dists.float(), quality.float()
         valid = labels >= 0
         positive = valid & (labels != self.num_classes)
-        num_pos = mean_over_workers(positive.sum().to(logits.dtype)).clamp(min=1.0)
+        num_pos = mean_over_workers(positive.sum().to(logits.dtype))
 
         cls_target = F.one_hot(labels.clamp(min=0), self.num_classes + 1)[..., : self.num_classes]
         loss_cls = sigmoid_focal_loss(
@@ -123,15 +154,34 @@ class FCOSLosses:
             alpha=self.focal_alpha,
             gamma=self.focal_gamma,
             reduction="sum",
-        ) / num_pos
+        ) / self.cls_normalization(num_pos, valid)
 
         pos_dists = box_dists[positive]
         pos_targets = reg_targets[positive]
         ctr_targets = centerness_targets(pos_targets)
         ctr_norm = mean_over_workers(ctr_targets.sum()).clamp(min=1e-6)
-        loc = iou_loss(pos_dists, pos_targets, self.loc_loss_type)
+        if self.loc_loss_type == "smooth_l1":
+            loc = smooth_l1_loss(pos_dists, pos_targets, beta=1.0 / 9, reduction="none").sum(1)
+        else:
+            loc = iou_loss(pos_dists, pos_targets, self.loc_loss_type)
         loss_loc = (loc * ctr_targets).sum() / ctr_norm
-        loss_ctr = F.binary_cross_entropy_with_logits(
-            ctrness[positive], ctr_targets, reduction="sum"
-        ) / num_pos
-        return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": loss_loc, "loss_fcos_ctr": loss_ctr}
+
+        if self.box_quality == "iou":
+            quality_targets = box_iou_ltrb(pos_dists.detach(), pos_targets)
+        else:
+            quality_targets = ctr_targets
+        loss_quality = F.binary_cross_entropy_with_logits(
+            quality[positive], quality_targets, reduction="sum"
+        ) / num_pos.clamp(min=1.0)
+        return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": loss_loc, "loss_fcos_ctr": loss_quality}
+
+    def cls_normalization(self, num_pos: Tensor, valid: Tensor) -> Tensor:
+        """The classification loss's divisor, per ``cls_normalizer``."""
+        if self.cls_normalizer == "all":
+            return mean_over_workers(valid.sum().to(num_pos.dtype)).clamp(min=1.0)
+        if self.cls_normalizer == "moving_fg":
+            if self.training:
+                m = self.moving_fg_momentum
+                self.moving_num_fg.mul_(m).add_((1 - m) * num_pos.detach())
+            return self.moving_num_fg.clamp(min=1.0)
+        return num_pos.clamp(min=1.0)
