@@ -21,6 +21,7 @@ def tiny_cfg(two_stage: bool = False, num_classes: int = 3):
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
     cfg.MODEL.RESNETS.NORM = "BN"
     cfg.MODEL.FPN.OUT_CHANNELS = 64  # GroupNorm(32) needs >1 value per group on 1x1 P7
+    cfg.MODEL.FPN.NORM = "GN"  # from-scratch two-stage training diverges without it
     cfg.MODEL.FCOS.NUM_CLASSES = num_classes
     cfg.MODEL.FCOS.NUM_CLS_CONVS = 1
     cfg.MODEL.FCOS.NUM_BOX_CONVS = 1

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import fcos_d2  # noqa: F401  (applies the compatibility layer first)
 from fcos_d2 import compat
-from fcos_d2.compat.launch import launch
+from fcos_d2.engine.launch import launch
 
 from detectron2.layers import DeformConv, ModulatedDeformConv  # noqa: E402
 

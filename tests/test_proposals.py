@@ -77,6 +77,7 @@ def test_proposal_generator_and_meta_arch_agree_on_the_same_weights(seeded):
     fcos.PRE_NMS_TOPK_TEST = fcos.RPN.PRE_NMS_TOPK_TEST = 100
     fcos.POST_NMS_TOPK_TEST = fcos.RPN.POST_NMS_TOPK_TEST = 30
     fcos.NMS_TH = fcos.RPN.NMS_TH_TEST = 0.5
+    fcos.RPN.MIN_SIZE = 0.0  # the detector keeps every non-empty box
     detector = build_model(cfg).eval()
     torch.nn.init.normal_(detector.head.cls_logits.weight, std=0.5)  # spread the scores
     rpn = FCOSProposalGenerator(cfg, detector.backbone.output_shape()).eval()

@@ -21,7 +21,7 @@ only.  That code, written for 2021's libraries, needs a few fixes to run.
     ``torch.ops.detectron2`` operator;
   - ``detectron2.engine.create_ddp_model``: no ``device_ids`` for a CPU model, which
     ``DistributedDataParallel`` rejects (multi-process CPU training with gloo, see
-    :func:`fcos_d2.compat.launch.launch`);
+    :func:`fcos_d2.engine.launch.launch`);
   - numpy >= 1.24: the removed aliases ``np.bool``/``np.int``/``np.float``/... that v0.6 uses;
   - Pillow >= 10: ``Image.LINEAR`` (a default argument in ``detectron2.data.transforms``).
 

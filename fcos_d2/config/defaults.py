@@ -70,6 +70,9 @@ def add_fcos_config(cfg: CN) -> CN:
     fcos.RPN.POST_NMS_TOPK_TEST = 1000
     fcos.RPN.NMS_TH_TRAIN = 0.7
     fcos.RPN.NMS_TH_TEST = 0.7
+    # Proposals narrower or lower than this (pixels, input scale) are dropped: a
+    # near-zero-size proposal would give the ROI box regression infinite targets.
+    fcos.RPN.MIN_SIZE = 1.0
 
     if was_frozen:
         cfg.freeze()

@@ -23,7 +23,8 @@ class FCOSPostProcessor:
     Per level: keep (location, class) pairs whose class probability (or cls * ctr with
     ``thresh_with_ctr``) passes ``score_thresh``, then the ``pre_nms_topk`` best by
     cls * ctr; the final score is sqrt(cls * ctr) (or cls * ctr); then
-    class-aware NMS over all levels and at most ``post_nms_topk`` detections.
+    class-aware NMS over all levels and at most ``post_nms_topk`` detections. Boxes whose
+    width or height (after clipping to the image) is not above ``min_box_size`` are dropped.
     """
 
     @configurable
@@ -36,6 +37,7 @@ class FCOSPostProcessor:
         nms_thresh: float = 0.6,
         thresh_with_ctr: bool = False,
         score_sqrt: bool = True,
+        min_box_size: float = 0.0,
     ):
         self.score_thresh = score_thresh
         self.pre_nms_topk = pre_nms_topk
@@ -43,6 +45,7 @@ class FCOSPostProcessor:
         self.nms_thresh = nms_thresh
         self.thresh_with_ctr = thresh_with_ctr
         self.score_sqrt = score_sqrt
+        self.min_box_size = min_box_size
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = False):
@@ -110,7 +113,7 @@ class FCOSPostProcessor:
     ) -> Instances:
         boxes = Boxes(boxes)
         boxes.clip(image_size)
-        keep = boxes.nonempty(threshold=0.0)
+        keep = boxes.nonempty(threshold=self.min_box_size)
         boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
         keep = batched_nms(boxes.tensor, scores, classes, self.nms_thresh)[: self.post_nms_topk]
         result = Instances(image_size)

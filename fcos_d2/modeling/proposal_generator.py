@@ -68,6 +68,7 @@ class FCOSProposalGenerator(nn.Module):
                 nms_thresh=rpn[f"NMS_TH_{split}"],
                 thresh_with_ctr=fcos.THRESH_WITH_CTR,
                 score_sqrt=fcos.SCORE_SQRT,
+                min_box_size=rpn.MIN_SIZE,
             )
 
         return {

@@ -13,7 +13,7 @@ Detectron2 v0.6's ``launch`` hard-codes the NCCL backend and asserts CUDA, so
 
 Usage (``main_func`` must be picklable, i.e. defined at module level)::
 
-    from fcos_d2.compat.launch import launch
+    from fcos_d2.engine.launch import launch
     launch(main, args.num_gpus, num_machines=args.num_machines,
            machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
 """
@@ -58,9 +58,6 @@ def launch(
     Returns:
         ``main_func``'s result when it runs in this process (world size 1), else None.
     """
-    from . import apply
-
-    apply()
     if torch.cuda.is_available():
         from detectron2.engine import launch as d2_launch
 
@@ -129,9 +126,7 @@ def _cpu_worker(
     local_rank, main_func, world_size, num_workers_per_machine, machine_rank, dist_url, args,
     timeout=DEFAULT_TIMEOUT,
 ):  # fmt: skip
-    from . import apply
-
-    apply()
+    # Importing this module imported fcos_d2, whose __init__ applies fcos_d2.compat.
     import torch.distributed as dist
     from detectron2.utils import comm
 

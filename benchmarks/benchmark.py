@@ -1,0 +1,307 @@
+#!/usr/bin/env python
+"""Speed of FCOS against Detectron2's own RetinaNet and Faster R-CNN, in one run.
+
+All four detectors use a ResNet-50-FPN with random weights and see the same inputs:
+
+    python benchmarks/benchmark.py                      # CPU, fp32
+    python benchmarks/benchmark.py --device cuda --amp  # GPU, mixed precision
+
+Measured per model: inference latency (batch 1, median after warm-up) at each
+``--infer-sizes``; training step time (forward + backward + SGD step, batch
+``--train-batch`` at ``--train-size``) and its peak memory; for FCOS the time inside
+target assignment + losses (training) and post-processing (inference); fvcore FLOPs and
+the achieved rate, next to what a plain large 3x3 convolution reaches on this device.
+"""
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import fcos_d2  # noqa: E402,F401
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.structures import Boxes, Instances  # noqa: E402
+from fvcore.nn import FlopCountAnalysis  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+
+from fcos_d2 import add_fcos_config  # noqa: E402
+from fcos_d2.modeling import outputs as fcos_outputs  # noqa: E402
+from fcos_d2.modeling.inference import FCOSPostProcessor  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASELINES = ("RetinaNet (D2)", "Faster R-CNN (D2)")
+
+
+def d2_model_zoo_file(name: str) -> str:
+    import detectron2.model_zoo
+
+    return os.path.join(os.path.dirname(detectron2.model_zoo.__file__), "configs", name)
+
+
+def model_configs(device: str) -> Dict[str, object]:
+    """The four detectors' configs, ResNet-50-FPN, 80 classes, no weights."""
+
+    def make(path: str):
+        cfg = get_cfg()
+        add_fcos_config(cfg)
+        cfg.merge_from_file(path)
+        cfg.MODEL.WEIGHTS = ""
+        cfg.MODEL.DEVICE = device
+        cfg.MODEL.RESNETS.DEPTH = 50
+        return cfg
+
+    return {
+        "FCOS": make(os.path.join(ROOT, "configs/COCO-Detection/FCOS_R_50_1x.yaml")),
+        "FCOS-RPN Faster R-CNN": make(
+            os.path.join(ROOT, "configs/FCOS-RPN/faster_rcnn_R_50_FPN_1x.yaml")
+        ),
+        "RetinaNet (D2)": make(d2_model_zoo_file("Base-RetinaNet.yaml")),
+        "Faster R-CNN (D2)": make(d2_model_zoo_file("Base-RCNN-FPN.yaml")),
+    }
+
+
+class Timer:
+    """Accumulates the wall time spent inside wrapped callables."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.total = 0.0
+
+    def sync(self):
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def wrap(self, fn: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            self.sync()
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            self.sync()
+            self.total += time.perf_counter() - start
+            return out
+
+        return timed
+
+
+@contextlib.contextmanager
+def timing_fcos_parts(timer: Timer):
+    """Route FCOS's loss computation and post-processing through ``timer``."""
+    import fcos_d2.modeling.meta_arch as meta_arch
+
+    saved_losses = meta_arch.fcos_losses
+    saved_call = FCOSPostProcessor.__call__
+    meta_arch.fcos_losses = timer.wrap(fcos_outputs.fcos_losses)
+    FCOSPostProcessor.__call__ = timer.wrap(saved_call)
+    try:
+        yield
+    finally:
+        meta_arch.fcos_losses = saved_losses
+        FCOSPostProcessor.__call__ = saved_call
+
+
+class TensorOutputs(torch.nn.Module):
+    """Image tensor in, detection tensors out: what fvcore's tracer can follow."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        inst = self.model([{"image": image}])[0]["instances"]
+        return inst.pred_boxes.tensor, inst.scores, inst.pred_classes
+
+
+def random_images(n: int, height: int, width: int, device: str, with_boxes: bool, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    inputs = []
+    for _ in range(n):
+        item = {"image": (torch.rand(3, height, width, generator=gen) * 255).to(device)}
+        if with_boxes:
+            xy = torch.rand(8, 2, generator=gen) * torch.tensor([width * 0.7, height * 0.7])
+            wh = torch.rand(8, 2, generator=gen) * torch.tensor([width * 0.3, height * 0.3]) + 16
+            inst = Instances((height, width))
+            inst.gt_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
+            inst.gt_classes = torch.randint(0, 80, (8,), generator=gen)
+            item["instances"] = inst
+        inputs.append(item)
+    return inputs
+
+
+def median_time(step: Callable, repeats: int, warmup: int, device: str, timer: Timer = None):
+    """Median seconds of ``step`` (and of the timer's share of it) after warm-up."""
+    totals, parts = [], []
+    for i in range(warmup + repeats):
+        if timer is not None:
+            timer.total = 0.0
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i >= warmup:
+            totals.append(time.perf_counter() - start)
+            parts.append(timer.total if timer is not None else 0.0)
+    return statistics.median(totals), statistics.median(parts)
+
+
+def reset_peak_memory(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        return
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM (Linux)
+            f.write("5")
+
+
+def peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def conv_peak_flops(device: str, amp: bool) -> float:
+    """fvcore-counted FLOP/s of a plain 256->256 3x3 convolution on a 1x256x128x128 map."""
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1).to(device)
+    x = torch.randn(1, 256, 128, 128, device=device)
+    flops = 256 * 256 * 9 * 128 * 128  # fvcore counts one multiply-add as one flop
+    with torch.no_grad(), torch.autocast(device.split(":")[0], enabled=amp):
+        seconds, _ = median_time(lambda: conv(x), repeats=5, warmup=2, device=device)
+    return flops / seconds
+
+
+def log(msg: str):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def bench_model(name, cfg, args) -> Dict[str, float]:
+    device, amp = args.device, args.amp
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    row = {}
+    timer = Timer(device)
+    autocast = lambda: torch.autocast(device.split(":")[0], enabled=amp)  # noqa: E731
+
+    model.eval()
+    for h, w in args.infer_sizes:
+        inputs = random_images(1, h, w, device, with_boxes=False)
+        log(f"  [{name}] inference {h}x{w}")
+        with torch.no_grad(), autocast(), timing_fcos_parts(timer):
+            total, post = median_time(lambda: model(inputs), args.repeats, args.warmup, device, timer)
+        row[f"infer_{h}x{w}_ms"] = total * 1000
+        row[f"post_{h}x{w}_ms"] = post * 1000
+    h, w = args.infer_sizes[0]
+    log(f"  [{name}] FLOPs at {h}x{w}")
+    with torch.no_grad():
+        image = random_images(1, h, w, device, False)[0]["image"]
+        flops = FlopCountAnalysis(TensorOutputs(model), (image,))
+        flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        row["gflops"] = flops.total() / 1e9
+    row["gflops_per_s"] = row["gflops"] / (row[f"infer_{h}x{w}_ms"] / 1000)
+
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    th, tw = args.train_size
+    inputs = random_images(args.train_batch, th, tw, device, with_boxes=True)
+
+    def train_step():
+        with autocast():
+            losses = model(inputs)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    log(f"  [{name}] training step {args.train_batch}x{th}x{tw}")
+    with EventStorage(), timing_fcos_parts(timer):
+        train_step()  # allocate optimizer state before the peak-memory window
+        reset_peak_memory(device)
+        total, loss_time = median_time(train_step, args.repeats, args.warmup, device, timer)
+    row["train_ms"] = total * 1000
+    row["train_peak_mb"] = peak_memory_mb(device)
+    row["targets_losses_ms"] = loss_time * 1000
+    return row
+
+
+def format_table(rows: Dict[str, Dict[str, float]], args, conv_rate: float) -> str:
+    sizes = [f"{h}x{w}" for h, w in args.infer_sizes]
+    cols = [f"infer_{s}_ms" for s in sizes] + ["train_ms", "train_peak_mb", "gflops", "gflops_per_s"]
+    head = "| model | " + " | ".join(cols) + " | FCOS parts |"
+    lines = [head, "|" + "---|" * (len(cols) + 2)]
+    for name, row in rows.items():
+        parts = ""
+        if name == "FCOS" and row.get("train_ms"):
+            parts = (
+                f"targets+losses {row['targets_losses_ms']:.1f} ms "
+                f"({100 * row['targets_losses_ms'] / row['train_ms']:.1f}% of step); "
+                + "; ".join(
+                    f"post-proc {s} {row[f'post_{s}_ms']:.1f} ms "
+                    f"({100 * row[f'post_{s}_ms'] / row[f'infer_{s}_ms']:.1f}%)"
+                    for s in sizes
+                )
+            )
+        lines.append(
+            f"| {name} | " + " | ".join(f"{row[c]:.1f}" for c in cols) + f" | {parts} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Plain 3x3 conv (256->256, 128x128) reaches {conv_rate / 1e9:.1f} GFLOP/s "
+        "(fvcore convention: one multiply-add = one flop)."
+    )
+    lines.append("")
+    ratio_cols = [f"infer_{s}_ms" for s in sizes] + ["train_ms", "train_peak_mb"]
+    lines.append("| ratio | " + " | ".join(ratio_cols) + " |")
+    lines.append("|" + "---|" * (len(ratio_cols) + 1))
+    for name in ("FCOS", "FCOS-RPN Faster R-CNN"):
+        for base in BASELINES:
+            if name not in rows or base not in rows:
+                continue
+            vals = " | ".join(f"{rows[name][c] / rows[base][c]:.2f}" for c in ratio_cols)
+            lines.append(f"| {name} / {base} | {vals} |")
+    return "\n".join(lines)
+
+
+def parse_size(text: str):
+    h, w = text.lower().split("x")
+    return int(h), int(w)
+
+
+def main(argv: List[str] = None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (autocast)")
+    parser.add_argument("--infer-sizes", type=parse_size, nargs="+", default=[(800, 1216), (512, 640)])
+    parser.add_argument("--train-size", type=parse_size, default=(512, 640))
+    parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--models", nargs="+", default=None, help="subset of the model names")
+    args = parser.parse_args(argv)
+
+    configs = model_configs(args.device)
+    names = args.models or list(configs)
+    rows = {}
+    for i, name in enumerate(names, 1):
+        log(f"[{i}/{len(names)}] {name}")
+        rows[name] = bench_model(name, configs[name], args)
+    log("plain convolution rate")
+    conv_rate = conv_peak_flops(args.device, args.amp)
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else (
+        f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(f"device: {device_name}; amp: {args.amp}; torch {torch.__version__}")
+    print(format_table(rows, args, conv_rate))
+
+
+if __name__ == "__main__":
+    main()
