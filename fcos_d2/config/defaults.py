@@ -74,6 +74,10 @@ def add_fcos_config(cfg: CN) -> CN:
     # near-zero-size proposal would give the ROI box regression infinite targets.
     fcos.RPN.MIN_SIZE = 1.0
 
+    # ---- data ---------------------------------------------------------------------------
+    # Log and skip training images that cannot be read, instead of stopping with an error.
+    _C.DATALOADER.SKIP_BAD_IMAGES = False
+
     if was_frozen:
         cfg.freeze()
     return cfg

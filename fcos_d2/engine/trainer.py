@@ -1,13 +1,25 @@
 """Detectron2's DefaultTrainer with an evaluator chosen by the dataset's evaluator_type."""
+import itertools
+import logging
 import os
 
-from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import DefaultTrainer
+from detectron2.utils import comm
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDetectionEvaluator
 
+from ..data.checks import check_dataset_classes
 from ..data.mapper import FCOSDatasetMapper
 
-__all__ = ["Trainer", "build_evaluator"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["Trainer", "ResumableTrainingSampler", "build_evaluator"]
 
 
 def build_evaluator(cfg, dataset_name: str, output_folder: str = None):
@@ -25,13 +37,73 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str = None):
     )
 
 
+class ResumableTrainingSampler(TrainingSampler):
+    """Detectron2's infinite shuffled index stream of this worker, minus its first ``skip``."""
+
+    def __init__(self, size: int, shuffle: bool = True, seed=None, skip: int = 0):
+        super().__init__(size, shuffle=shuffle, seed=seed)
+        self._skip = skip
+
+    def __iter__(self):
+        yield from itertools.islice(super().__iter__(), self._skip, None)
+
+
 class Trainer(DefaultTrainer):
     """DefaultTrainer (checkpoints, ETA and metrics logging, periodic evaluation) with
     :class:`FCOSDatasetMapper` and an evaluator picked by the dataset's evaluator_type."""
 
+    def resume_or_load(self, resume: bool = True):
+        """Load the last checkpoint (or MODEL.WEIGHTS); a resumed run also continues the
+        training data stream where the checkpointed run left it."""
+        super().resume_or_load(resume=resume)
+        if self.start_iter > 0:
+            self._replace_data_loader(self.build_train_loader(self.cfg, self.start_iter))
+
+    # Detectron2 0.6's DefaultTrainer checkpoints only the iteration and the hooks (LR
+    # scheduler), not the optimizer state of its inner trainer; newer versions do what
+    # these two methods do.
+    def state_dict(self):
+        state = super().state_dict()
+        state["_trainer"] = self._trainer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
+    def _replace_data_loader(self, data_loader):
+        trainer = self._trainer
+        trainer.data_loader = data_loader
+        if hasattr(trainer, "_data_loader_iter_obj"):  # Detectron2 > 0.6: created lazily
+            trainer._data_loader_iter_obj = None
+        else:
+            trainer._data_loader_iter = iter(data_loader)
+
     @classmethod
-    def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=FCOSDatasetMapper(cfg, True))
+    def build_train_loader(cls, cfg, start_iter: int = 0):
+        """Training batches with :class:`FCOSDatasetMapper`, after checking the classes.
+
+        ``start_iter`` skips the images that iterations [0, start_iter) consumed, so a
+        resumed run sees what an uninterrupted one would (given a fixed ``SEED``).
+        """
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=0,
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+        )
+        check_dataset_classes(cfg, list(cfg.DATASETS.TRAIN), dataset)
+        seed = cfg.SEED if cfg.SEED >= 0 else None
+        if start_iter > 0 and seed is None:
+            logger.warning("SEED < 0: the resumed run's image order differs from the original")
+        per_worker_batch = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+        sampler = ResumableTrainingSampler(
+            len(dataset), seed=seed, skip=start_iter * per_worker_batch
+        )
+        return build_detection_train_loader(
+            cfg, mapper=FCOSDatasetMapper(cfg, True), dataset=dataset, sampler=sampler
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
