@@ -1,4 +1,5 @@
 """FCOS post-processing: dense head outputs -> scored, class-aware-NMS'ed boxes."""
+import math
 from typing import List, Tuple
 
 import torch
@@ -9,6 +10,14 @@ from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, Instances
 
 __all__ = ["FCOSPostProcessor", "decode_boxes"]
+
+
+def _logit(p: float) -> float:
+    if p <= 0.0:
+        return float("-inf")
+    if p >= 1.0:
+        return float("inf")
+    return math.log(p / (1.0 - p))
 
 
 def decode_boxes(points: Tensor, dists: Tensor, strides: Tensor) -> Tensor:
@@ -93,11 +102,17 @@ class FCOSPostProcessor:
         self, points: Tensor, stride: int, logits: Tensor, dists: Tensor, ctrness: Tensor
     ) -> Tuple[Tensor, Tensor, Tensor]:
         """Thresholded top-k candidates of one level of one image: boxes, scores, classes."""
-        cls_prob = logits.sigmoid()  # (R, K)
-        combined = cls_prob * ctrness.sigmoid()[:, None]  # (R, K)
-        thresh_scores = combined if self.thresh_with_ctr else cls_prob
-        candidates = (thresh_scores > self.score_thresh).nonzero()  # (M, 2): location, class
-        scores = combined[candidates[:, 0], candidates[:, 1]]
+        ctr_prob = ctrness.sigmoid()  # (R,)
+        if self.thresh_with_ctr:
+            combined = logits.sigmoid() * ctr_prob[:, None]  # (R, K)
+            candidates = (combined > self.score_thresh).nonzero()  # (M, 2): location, class
+            scores = combined[candidates[:, 0], candidates[:, 1]]
+        else:
+            # sigmoid(x) > t  <=>  x > logit(t): threshold the logits, and take the sigmoid
+            # of the survivors only.
+            candidates = (logits > _logit(self.score_thresh)).nonzero()  # (M, 2)
+            scores = logits[candidates[:, 0], candidates[:, 1]].sigmoid()
+            scores = scores * ctr_prob[candidates[:, 0]]
         if len(scores) > self.pre_nms_topk:
             scores, top = scores.topk(self.pre_nms_topk)
             candidates = candidates[top]
