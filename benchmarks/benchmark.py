@@ -55,6 +55,10 @@ def model_configs(device: str) -> Dict[str, object]:
         cfg.MODEL.WEIGHTS = ""
         cfg.MODEL.DEVICE = device
         cfg.MODEL.RESNETS.DEPTH = 50
+        # Random weights: frozen BatchNorm with identity statistics lets 50 random layers
+        # blow the activations up (Faster R-CNN's proposals then overflow), so all four
+        # models use trainable BatchNorm -- the same cost for each.
+        cfg.MODEL.RESNETS.NORM = "BN"
         return cfg
 
     return {
@@ -294,6 +298,7 @@ def main(argv: List[str] = None):
     for i, name in enumerate(names, 1):
         log(f"[{i}/{len(names)}] {name}")
         rows[name] = bench_model(name, configs[name], args)
+        log(f"  [{name}] " + ", ".join(f"{k}={v:.1f}" for k, v in rows[name].items()))
     log("plain convolution rate")
     conv_rate = conv_peak_flops(args.device, args.amp)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else (

@@ -38,6 +38,7 @@ class FCOS(nn.Module):
         postprocessor: FCOSPostProcessor,
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
+        channels_last: bool = False,
     ):
         """
         Args:
@@ -47,6 +48,8 @@ class FCOS(nn.Module):
             strides: stride of each of those features.
             target_assigner, losses, postprocessor: see their classes.
             pixel_mean, pixel_std: per-channel input normalisation.
+            channels_last: keep conv weights and activations in NHWC memory format
+                (faster convolutions on CPU; same results up to float rounding).
         """
         super().__init__()
         check_strides(backbone.output_shape(), head_in_features, strides)
@@ -59,6 +62,9 @@ class FCOS(nn.Module):
         self.postprocessor = postprocessor
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_config(cls, cfg):
@@ -76,6 +82,7 @@ class FCOS(nn.Module):
             "postprocessor": FCOSPostProcessor(cfg, is_train=False),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
+            "channels_last": cfg.MODEL.FCOS.CHANNELS_LAST,
         }
 
     @property
@@ -86,7 +93,10 @@ class FCOS(nn.Module):
         """Normalise and pad the batch's images to one tensor."""
         images = [x["image"].to(self.device) for x in batched_inputs]
         images = [(x - self.pixel_mean) / self.pixel_std for x in images]
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+        images = ImageList.from_tensors(images, self.backbone.size_divisibility)
+        if self.channels_last:
+            images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
+        return images
 
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
         """
