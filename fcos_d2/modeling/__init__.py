@@ -1,5 +1,6 @@
 """FCOS modules, registered in Detectron2's registries on import."""
 from .backbone import build_fcos_resnet_fpn_backbone
+from . import backbones  # noqa: F401  (registers DarkNet-19, MobileNetV2, RegNet)
 from .head import FCOSHead
 from .inference import FCOSPostProcessor
 from .losses import FCOSLosses

@@ -157,6 +157,29 @@ class FCOSTargetAssigner:
         return labels, reg_targets
 
     def _assign_chunk(self, points, strides, ranges, boxes, classes, areas, is_crowd):
+        candidate, inside_box, ltrb = self.candidates(points, strides, ranges, boxes, is_crowd)
+        positive, gt_index = self.match(candidate, areas)
+
+        labels = torch.where(positive, classes[gt_index], self.num_classes)
+        if is_crowd.any():
+            in_crowd = (inside_box & is_crowd[None, :]).any(dim=1)
+            labels = torch.where(in_crowd & ~positive, -1, labels)
+        reg = ltrb[torch.arange(len(points), device=points.device), gt_index]
+        reg = reg / strides[:, None]
+        return labels, reg
+
+    def candidates(
+        self, points: Tensor, strides: Tensor, ranges: Tensor, boxes: Tensor, is_crowd: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Which boxes each location is a positive candidate for.
+
+        Args:
+            points, strides, ranges: (R, 2), (R,), (R, 2), see :meth:`level_attributes`.
+            boxes, is_crowd: (G, 4) XYXY boxes and (G,) bools.
+        Returns:
+            (R, G) candidate mask (inside the box or its center region, max distance in
+            the level's range, not crowd), (R, G) inside-box mask, (R, G, 4) ltrb distances.
+        """
         x = points[:, 0, None]  # (R, 1)
         y = points[:, 1, None]
         ltrb = torch.stack(
@@ -169,19 +192,15 @@ class FCOSTargetAssigner:
             inside = inside_box
         max_dist = ltrb.max(dim=2).values
         in_range = (max_dist >= ranges[:, :1]) & (max_dist <= ranges[:, 1:])
-        candidate = inside & in_range & ~is_crowd[None, :]
+        return inside & in_range & ~is_crowd[None, :], inside_box, ltrb
 
+    @staticmethod
+    def match(candidate: Tensor, areas: Tensor) -> Tuple[Tensor, Tensor]:
+        """(R,) positive mask and (R,) index of the smallest-area candidate box of each
+        location (meaningless where not positive), from an (R, G) candidate mask."""
         cand_area = torch.where(candidate, areas[None, :].expand_as(candidate), INF)
         min_area, gt_index = cand_area.min(dim=1)
-        positive = min_area < INF
-
-        labels = torch.where(positive, classes[gt_index], self.num_classes)
-        if is_crowd.any():
-            in_crowd = (inside_box & is_crowd[None, :]).any(dim=1)
-            labels = torch.where(in_crowd & ~positive, -1, labels)
-        reg = ltrb[torch.arange(len(points), device=points.device), gt_index]
-        reg = reg / strides[:, None]
-        return labels, reg
+        return min_area < INF, gt_index
 
     def _inside_center_region(self, x: Tensor, y: Tensor, strides: Tensor, boxes: Tensor) -> Tensor:
         """(R, G) mask: location inside the box's center region, clipped to the box."""
