@@ -1,0 +1,401 @@
+"""Weight conversion from AdelaiDet and maskrcnn-benchmark FCOS checkpoints.
+
+No reference weights can be downloaded here, so each test builds a small module tree
+with the reference implementation's attribute names and nesting (Sequential towers
+interleaving conv/norm/ReLU, ``body.layerN`` with ``bnN`` and ``downsample``,
+``fpn_inner2..4``, ...), fills it with random values, and checks the conversion against
+weights placed into fcos_d2's model by hand.
+"""
+import copy
+import importlib.util
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import fcos_d2  # noqa: F401  (first: Detectron2 compatibility layer)
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+
+from conftest import tiny_cfg
+from fcos_d2.checkpoint import (
+    ConversionError,
+    convert_reference_checkpoint,
+    load_reference_checkpoint,
+    save_converted_checkpoint,
+)
+from fcos_d2.modeling.outputs import level_locations
+
+D2_FROZEN_BN_EPS = 1e-5
+NUM_CLASSES = 3
+FPN_CHANNELS = 64
+
+
+# ---- the reference module trees (names and nesting only; no forward) --------------------
+class MbFrozenBN(nn.Module):
+    """maskrcnn-benchmark's FrozenBatchNorm2d: four buffers, y = x * w / sqrt(var) + ..."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            self.register_buffer(name, torch.ones(n))
+
+
+class MbBottleneck(nn.Module):
+    def __init__(self, cin: int, mid: int, cout: int):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, mid, 1, bias=False), MbFrozenBN(mid)
+        self.conv2, self.bn2 = nn.Conv2d(mid, mid, 3, bias=False), MbFrozenBN(mid)
+        self.conv3, self.bn3 = nn.Conv2d(mid, cout, 1, bias=False), MbFrozenBN(cout)
+        if cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), MbFrozenBN(cout))
+
+
+class RefScale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+
+def ref_tower(num_convs: int, norm: str, num_levels: int = 5) -> nn.Sequential:
+    """AdelaiDet / maskrcnn-benchmark tower: [conv, norm, ReLU] * n in one Sequential."""
+    layers = []
+    for _ in range(num_convs):
+        layers.append(nn.Conv2d(FPN_CHANNELS, FPN_CHANNELS, 3, padding=1))
+        if norm == "GN":
+            layers.append(nn.GroupNorm(32, FPN_CHANNELS))
+        elif norm == "BN":  # AdelaiDet's ModuleListDial: one BatchNorm per level
+            layers.append(nn.ModuleList(nn.BatchNorm2d(FPN_CHANNELS) for _ in range(num_levels)))
+        layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def ref_head(num_convs: int, norm: str, ctrness_name: str, share_convs: int = 0) -> nn.Module:
+    head = nn.Module()
+    head.cls_tower = ref_tower(num_convs, norm)
+    head.bbox_tower = ref_tower(num_convs, norm)
+    if ctrness_name == "ctrness":  # AdelaiDet also has a (possibly empty) share tower
+        head.share_tower = ref_tower(share_convs, norm)
+    head.cls_logits = nn.Conv2d(FPN_CHANNELS, NUM_CLASSES, 3, padding=1)
+    head.bbox_pred = nn.Conv2d(FPN_CHANNELS, 4, 3, padding=1)
+    setattr(head, ctrness_name, nn.Conv2d(FPN_CHANNELS, 1, 3, padding=1))
+    head.scales = nn.ModuleList(RefScale() for _ in range(5))
+    return head
+
+
+def randomize(module: nn.Module, seed: int) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            if t.dtype == torch.int64:
+                t.fill_(7)
+            elif name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
+            else:
+                t.copy_(torch.randn(t.shape, generator=gen) * 0.05)
+    return module
+
+
+def mb_reference_model() -> nn.Module:
+    """maskrcnn-benchmark FCOS, R-50 (3, 4, 6, 3) with tiny widths, GN FPN P3-P7."""
+    body = nn.Module()
+    body.stem = nn.Module()
+    body.stem.conv1, body.stem.bn1 = nn.Conv2d(3, 16, 7, bias=False), MbFrozenBN(16)
+    cin = 16
+    for i, blocks in enumerate((3, 4, 6, 3), 1):
+        mid, cout = 8 * 2 ** (i - 1), 32 * 2 ** (i - 1)
+        stage = [MbBottleneck(cin if b == 0 else cout, mid, cout) for b in range(blocks)]
+        setattr(body, f"layer{i}", nn.Sequential(*stage))
+        cin = cout
+    fpn = nn.Module()
+    # "R-50-FPN-RETINANET": in_channels_list [0, C3, C4, C5] numbered from 1 -> C3 is 2
+    for k, channels in ((2, 64), (3, 128), (4, 256)):
+        setattr(fpn, f"fpn_inner{k}", nn.Sequential(
+            nn.Conv2d(channels, FPN_CHANNELS, 1, bias=False), nn.GroupNorm(32, FPN_CHANNELS)))
+        setattr(fpn, f"fpn_layer{k}", nn.Sequential(
+            nn.Conv2d(FPN_CHANNELS, FPN_CHANNELS, 3, bias=False), nn.GroupNorm(32, FPN_CHANNELS)))
+    fpn.top_blocks = nn.Module()
+    fpn.top_blocks.p6 = nn.Conv2d(FPN_CHANNELS, FPN_CHANNELS, 3, 2, 1)
+    fpn.top_blocks.p7 = nn.Conv2d(FPN_CHANNELS, FPN_CHANNELS, 3, 2, 1)
+    ref = nn.Module()
+    ref.backbone = nn.Module()
+    ref.backbone.body, ref.backbone.fpn = body, fpn
+    ref.rpn = nn.Module()
+    ref.rpn.head = ref_head(2, "GN", "centerness")
+    return randomize(ref, seed=1)
+
+
+def mb_cfg():
+    cfg = tiny_cfg(num_classes=NUM_CLASSES)
+    cfg.MODEL.RESNETS.DEPTH = 50
+    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 16
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 32
+    cfg.MODEL.RESNETS.WIDTH_PER_GROUP = 8
+    cfg.MODEL.RESNETS.NORM = "FrozenBN"
+    cfg.MODEL.FCOS.NUM_CLS_CONVS = 2
+    cfg.MODEL.FCOS.NUM_BOX_CONVS = 2
+    cfg.MODEL.FCOS.CHANNELS_LAST = False
+    return cfg
+
+
+def adet_cfg(norm: str, share_convs: int):
+    cfg = tiny_cfg(num_classes=NUM_CLASSES)
+    cfg.MODEL.RESNETS.NORM = "FrozenBN"
+    cfg.MODEL.FCOS.NORM = norm
+    cfg.MODEL.FCOS.NUM_SHARE_CONVS = share_convs
+    cfg.MODEL.FCOS.CHANNELS_LAST = False
+    return cfg
+
+
+def adet_reference_state(model: nn.Module, norm: str, share_convs: int):
+    """AdelaiDet OneStageDetector: Detectron2's backbone names, FCOS as proposal_generator."""
+    backbone = randomize(copy.deepcopy(model.backbone), seed=2)
+    head = randomize(ref_head(1, norm, "ctrness", share_convs), seed=3)
+    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    state.update({f"proposal_generator.fcos_head.{k}": v for k, v in head.state_dict().items()})
+    state["pixel_mean"] = torch.tensor([103.53, 116.28, 123.675]).view(3, 1, 1)
+    state["pixel_std"] = torch.ones(3, 1, 1)
+    return state, backbone, head
+
+
+# ---- placing the reference tensors by hand ------------------------------------------------
+def copy_(dst: torch.Tensor, src: torch.Tensor) -> None:
+    with torch.no_grad():
+        dst.copy_(src)
+
+
+def place_conv_norm(conv, ref_conv, ref_norm=None, frozen_eps: float = 0.0) -> None:
+    copy_(conv.weight, ref_conv.weight)
+    if ref_conv.bias is not None:
+        copy_(conv.bias, ref_conv.bias)
+    if ref_norm is not None:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            if hasattr(ref_norm, name) and getattr(ref_norm, name) is not None:
+                value = getattr(ref_norm, name)
+                copy_(getattr(conv.norm, name), value - frozen_eps if name == "running_var" else value)
+
+
+def place_head(head, ref, ctrness_name: str) -> None:
+    for ours, theirs in ((head.cls_tower, ref.cls_tower), (head.box_tower, ref.bbox_tower)) + (
+        ((head.share_tower, ref.share_tower),) if hasattr(ref, "share_tower") else ()
+    ):
+        convs = [m for m in theirs if isinstance(m, nn.Conv2d)]
+        norms = [m for m in theirs if isinstance(m, (nn.GroupNorm, nn.ModuleList))]
+        for k, conv in enumerate(convs):
+            copy_(ours.convs[k].weight, conv.weight)
+            copy_(ours.convs[k].bias, conv.bias)
+        for k, norm in enumerate(norms):
+            per_level = list(norm) if isinstance(norm, nn.ModuleList) else [norm]
+            for level, n in enumerate(per_level):
+                ours.norms[level][k].load_state_dict(n.state_dict())
+    for name in ("cls_logits", "bbox_pred"):
+        place_conv_norm(getattr(head, name), getattr(ref, name))
+    place_conv_norm(head.ctrness, getattr(ref, ctrness_name))
+    for ours, theirs in zip(head.scales, ref.scales):
+        copy_(ours.scale, theirs.scale)
+
+
+def place_mb_by_hand(model, ref) -> None:
+    bottom_up, body, fpn = model.backbone.bottom_up, ref.backbone.body, ref.backbone.fpn
+    place_conv_norm(bottom_up.stem.conv1, body.stem.conv1, body.stem.bn1, D2_FROZEN_BN_EPS)
+    for i in range(1, 5):
+        for ours, theirs in zip(getattr(bottom_up, f"res{i + 1}"), getattr(body, f"layer{i}")):
+            for j in (1, 2, 3):
+                place_conv_norm(getattr(ours, f"conv{j}"), getattr(theirs, f"conv{j}"),
+                                getattr(theirs, f"bn{j}"), D2_FROZEN_BN_EPS)
+            if hasattr(theirs, "downsample"):
+                place_conv_norm(ours.shortcut, theirs.downsample[0], theirs.downsample[1],
+                                D2_FROZEN_BN_EPS)
+    for level, k in ((3, 2), (4, 3), (5, 4)):
+        for ours, theirs in (("fpn_lateral", "fpn_inner"), ("fpn_output", "fpn_layer")):
+            seq = getattr(fpn, f"{theirs}{k}")
+            place_conv_norm(getattr(model.backbone, f"{ours}{level}"), seq[0], seq[1])
+    place_conv_norm(model.backbone.top_block.p6, fpn.top_blocks.p6)
+    place_conv_norm(model.backbone.top_block.p7, fpn.top_blocks.p7)
+    place_head(model.head, ref.rpn.head, "centerness")
+
+
+# ---- helpers ----------------------------------------------------------------------------
+def raw_outputs(model, image: torch.Tensor):
+    """Backbone + head outputs on one normalised image (no post-processing)."""
+    with torch.no_grad():
+        features = model.backbone(image)
+        return model.head([features[f] for f in model.head_in_features])
+
+
+def detections(model, image: torch.Tensor):
+    model.postprocessor.score_thresh = 0.0
+    model.postprocessor.pre_nms_topk = 50
+    with torch.no_grad():
+        return model([{"image": image}])[0]["instances"]
+
+
+def assert_same_model_outputs(a, b) -> None:
+    image = torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    for outs_a, outs_b in zip(raw_outputs(a, image), raw_outputs(b, image)):
+        for x, y in zip(outs_a, outs_b):
+            assert torch.equal(x, y)
+    det_a, det_b = detections(a, image[0] * 50 + 110), detections(b, image[0] * 50 + 110)
+    assert len(det_a) > 0
+    assert torch.equal(det_a.pred_boxes.tensor, det_b.pred_boxes.tensor)
+    assert torch.equal(det_a.scores, det_b.scores)
+
+
+def load_with_checkpointer(model, path: str):
+    """DetectionCheckpointer.load, returning its missing / unexpected / misshapen keys."""
+    checkpointer = DetectionCheckpointer(model)
+    incompatible = checkpointer._load_model(checkpointer._load_file(path))
+    return incompatible
+
+
+# ---- tests ------------------------------------------------------------------------------
+@pytest.mark.parametrize("ext", ["pth", "pkl"])
+def test_maskrcnn_benchmark_checkpoint_loads_and_equals_hand_placement(tmp_path, ext):
+    ref = mb_reference_model()
+    checkpoint = {"model": {f"module.{k}": v for k, v in ref.state_dict().items()},
+                  "iteration": 90000}
+    src = str(tmp_path / "fcos_mb.pth")
+    torch.save(checkpoint, src)
+
+    cfg = mb_cfg()
+    loaded, by_hand = build_model(cfg).eval(), build_model(cfg).eval()
+    state = load_reference_checkpoint(src)
+    assert all(k.startswith("module.") for k in state)
+    converted, summary = convert_reference_checkpoint(
+        state, "maskrcnn_benchmark", model_state=loaded.state_dict()
+    )
+    out = str(tmp_path / f"converted.{ext}")
+    save_converted_checkpoint(converted, out, "maskrcnn_benchmark")
+    incompatible = load_with_checkpointer(loaded, out)
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    assert not incompatible.incorrect_shapes
+
+    place_mb_by_hand(by_hand, ref)
+    assert_same_model_outputs(loaded, by_hand)
+
+    # every reference tensor was used once; counts per group
+    assert summary.num_converted == len(ref.state_dict())
+    groups = summary.groups
+    assert groups["backbone FPN (lateral + output convs)"] == 6 * 3  # conv + GN w/b
+    assert groups["backbone.top_block (P6, P7)"] == 4
+    assert groups["head towers: convs"] == 2 * 2 * 2 and groups["head towers: norms"] == 8
+    assert groups["head: cls_logits, bbox_pred, ctrness"] == 6 and groups["head.scales"] == 5
+    text = summary.format()
+    assert "head towers: convs" in text and "running_var lowered" in text
+
+
+def test_maskrcnn_benchmark_frozen_bn_eps_is_compensated():
+    """Detectron2's FrozenBatchNorm2d (sqrt(var + eps)) with the converted statistics gives
+    maskrcnn-benchmark's x * w / sqrt(var) + b - mean * w / sqrt(var)."""
+    from detectron2.layers import FrozenBatchNorm2d
+
+    ref = mb_reference_model()
+    converted, _ = convert_reference_checkpoint(ref.state_dict(), "maskrcnn_benchmark")
+    bn = ref.backbone.body.layer1[0].bn2
+    d2_bn = FrozenBatchNorm2d(bn.weight.numel())
+    d2_bn.load_state_dict({k.rsplit(".", 1)[1]: v for k, v in converted.items()
+                           if k.startswith("backbone.bottom_up.res2.0.conv2.norm.")})
+    x = torch.randn(2, bn.weight.numel(), 4, 4, dtype=torch.float64)
+    scale = bn.weight.double() / bn.running_var.double().sqrt()
+    expected = x * scale.view(1, -1, 1, 1) + (bn.bias.double() - bn.running_mean.double() * scale).view(1, -1, 1, 1)
+    torch.testing.assert_close(d2_bn.double()(x), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm,share_convs", [("GN", 0), ("BN", 1), ("", 0)])
+def test_adelaidet_checkpoint_loads_and_equals_hand_placement(tmp_path, norm, share_convs):
+    cfg = adet_cfg(norm, share_convs)
+    loaded, by_hand = build_model(cfg).eval(), build_model(cfg).eval()
+    state, ref_backbone, ref_head_module = adet_reference_state(loaded, norm, share_convs)
+    src = str(tmp_path / "fcos_adet.pth")
+    torch.save({"model": state, "iteration": 1}, src)
+
+    converted, summary = convert_reference_checkpoint(load_reference_checkpoint(src), "adelaidet")
+    out = str(tmp_path / "converted.pth")
+    save_converted_checkpoint(converted, out, "adelaidet")
+    incompatible = load_with_checkpointer(loaded, out)
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    assert not incompatible.incorrect_shapes
+    assert summary.dropped == ["pixel_mean", "pixel_std"]
+
+    by_hand.backbone.load_state_dict(ref_backbone.state_dict())  # same names in AdelaiDet
+    place_head(by_hand.head, ref_head_module, "ctrness")
+    assert_same_model_outputs(loaded, by_hand)
+    assert summary.hints["MODEL.FCOS.NORM"] == norm
+    assert summary.hints["MODEL.FCOS.NUM_SHARE_CONVS"] == share_convs
+    # GN: weight, bias; BN: weight, bias, running mean/var, num_batches_tracked per level
+    expected_norms = {"GN": 2, "BN": 5 * 5, "": 0}[norm] * (2 + share_convs)
+    assert summary.groups["head towers: norms"] == expected_norms
+
+
+def test_hints_describe_a_config_that_matches():
+    """The config implied by the weights builds a model the weights fit exactly."""
+    ref = mb_reference_model()
+    converted, summary = convert_reference_checkpoint(ref.state_dict(), "maskrcnn_benchmark")
+    hints = summary.hints
+    assert hints["MODEL.RESNETS.DEPTH"] == 50 and hints["MODEL.FCOS.NUM_CLASSES"] == NUM_CLASSES
+    assert hints["MODEL.FCOS.NUM_CLS_CONVS"] == 2 and hints["MODEL.FCOS.NORM"] == "GN"
+    assert hints["MODEL.FPN.NORM"] == "GN" and hints["MODEL.FCOS.TOP_BLOCK_IN_FEATURE"] == "p5"
+    cfg = tiny_cfg()
+    cfg.merge_from_list(summary.hint_opts())
+    model = build_model(cfg)
+    convert_reference_checkpoint(ref.state_dict(), "maskrcnn_benchmark", model.state_dict())
+
+
+def test_refuses_unknown_missing_and_misshapen_keys():
+    state = mb_reference_model().state_dict()
+    with pytest.raises(ConversionError, match=r"(?s)1 source key.*rpn\.head\.extra\.weight"):
+        convert_reference_checkpoint({**state, "rpn.head.extra.weight": torch.ones(1)},
+                                     "maskrcnn_benchmark")
+    partial = {k: v for k, v in state.items() if not k.startswith("rpn.head.cls_logits")}
+    with pytest.raises(ConversionError, match=r"(?s)missing weight.*head\.cls_logits\.weight"):
+        convert_reference_checkpoint(partial, "maskrcnn_benchmark")
+    cfg = mb_cfg()
+    cfg.MODEL.FCOS.NUM_CLASSES = 7
+    with pytest.raises(ConversionError, match=r"(?s)shape mismatch.*head\.cls_logits\.weight"):
+        convert_reference_checkpoint(state, "maskrcnn_benchmark", build_model(cfg).state_dict())
+    cfg = mb_cfg()
+    cfg.MODEL.FCOS.NUM_CLS_CONVS = 1
+    with pytest.raises(ConversionError, match=r"(?s)does not have.*cls_tower\.convs\.1\.weight"):
+        convert_reference_checkpoint(state, "maskrcnn_benchmark", build_model(cfg).state_dict())
+    # an AdelaiDet file read as maskrcnn-benchmark's
+    with pytest.raises(ConversionError, match="proposal_generator.fcos_head"):
+        convert_reference_checkpoint(
+            {"proposal_generator.fcos_head.cls_logits.weight": torch.ones(1)}, "maskrcnn_benchmark"
+        )
+    deform = {**state, "rpn.head.cls_tower.3.offset.weight": torch.ones(18, 64, 3, 3)}
+    deform = {k: v for k, v in deform.items() if not k.startswith("rpn.head.cls_tower.3.weight")}
+    with pytest.raises(ConversionError, match="deformable"):
+        convert_reference_checkpoint(deform, "maskrcnn_benchmark")
+    with pytest.raises(ValueError, match="source must be one of"):
+        convert_reference_checkpoint(state, "mmdet")
+
+
+def load_cli():
+    path = os.path.join(os.path.dirname(__file__), "..", "tools", "convert_weights.py")
+    spec = importlib.util.spec_from_file_location("convert_weights_cli", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli(tmp_path, capsys):
+    main = load_cli().main
+    src, out = str(tmp_path / "ref.pth"), str(tmp_path / "out" / "fcos.pth")
+    torch.save({"model": mb_reference_model().state_dict()}, src)
+    opts = ["MODEL.RESNETS.DEPTH", "50", "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
+            "MODEL.RESNETS.RES2_OUT_CHANNELS", "32", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
+            "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.FPN.NORM", "GN",
+            "MODEL.FCOS.NUM_CLASSES", "3", "MODEL.FCOS.NUM_CLS_CONVS", "2",
+            "MODEL.FCOS.NUM_BOX_CONVS", "2"]
+    args = ["--source", "maskrcnn_benchmark", "--input", src, "--output", out,
+            "--config-file", "configs/Base-FCOS.yaml"]
+    assert main(args + opts) == 0
+    printed = capsys.readouterr().out
+    assert "backbone.bottom_up (ResNet)" in printed and "all " in printed
+    model = build_model(mb_cfg())
+    DetectionCheckpointer(model).load(out)
+    assert torch.equal(model.head.scales[2].scale, torch.load(src)["model"]["rpn.head.scales.2.scale"])
+
+    assert main(args + opts[:-4]) == 1  # 4 tower convs in the config, 2 in the file
+    assert "cls_tower.convs" in capsys.readouterr().err
