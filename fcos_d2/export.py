@@ -1,0 +1,163 @@
+"""Export the one-stage FCOS detector to TorchScript (tracing) or ONNX.
+
+What the exported graph contains -- :class:`FCOSRawOutputs`:
+
+* input ``images``: (N, 3, H, W) float, already normalised with the model's pixel mean
+  and std and padded to a multiple of ``backbone.size_divisibility`` (what
+  :func:`preprocess` gives); H, W and N may differ from the export sample's;
+* backbone + FPN + FCOS head;
+* outputs, for each head level l in order (``p3`` .. ``p7``), first all class logits,
+  then all box distances, then all centerness logits::
+
+      logits_<l>  (N, K, Hl, Wl)   class logits (before the sigmoid)
+      box_<l>     (N, 4, Hl, Wl)   (l, t, r, b) distances in units of the level's stride,
+                                   after the level's scale and ReLU (exp with USE_RELU off)
+      ctrness_<l> (N, 1, Hl, Wl)   centerness logits
+
+Post-processing stays outside the graph, in Python: :func:`postprocess` runs the model's
+own :class:`~fcos_d2.modeling.FCOSPostProcessor` (threshold, top-k per level, box
+decoding, class-aware NMS) and Detectron2's rescaling to the original image size -- the
+same code as eager inference, so the detections equal eager ones. Its data-dependent
+shapes (how many candidates pass the threshold, NMS) do not fit a traced graph, and it
+costs little next to the network.
+
+Detectron2 v0.6's own ``detectron2.export`` imports caffe2, which today's PyTorch lacks;
+this module does not use it.
+"""
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from detectron2.structures import ImageList, Instances
+
+from .modeling.outputs import level_locations, per_level_predictions
+
+__all__ = [
+    "FCOSRawOutputs",
+    "output_names",
+    "preprocess",
+    "postprocess",
+    "export_torchscript",
+    "export_onnx",
+    "run_exported",
+]
+
+
+class FCOSRawOutputs(nn.Module):
+    """Backbone + FCOS head of an :class:`~fcos_d2.modeling.FCOS`, returning a flat tuple
+    of per-level tensors (see the module docstring) -- the exportable part."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.backbone = model.backbone
+        self.head = model.head
+        self.in_features = list(model.head_in_features)
+
+    def forward(self, images: Tensor) -> Tuple[Tensor, ...]:
+        features = self.backbone(images)
+        logits, box_dists, ctrness = self.head([features[f] for f in self.in_features])
+        return tuple(logits) + tuple(box_dists) + tuple(ctrness)
+
+
+def output_names(model: nn.Module) -> List[str]:
+    """Names of the exported outputs, in order: logits_p3.., box_p3.., ctrness_p3.."""
+    levels = list(model.head_in_features)
+    return [f"{kind}_{level}" for kind in ("logits", "box", "ctrness") for level in levels]
+
+
+def preprocess(model: nn.Module, batched_inputs: List[Dict[str, Tensor]]) -> ImageList:
+    """Detectron2-format inputs -> the normalised, padded batch the exported graph takes."""
+    with torch.no_grad():
+        return model.preprocess_image(batched_inputs)
+
+
+def postprocess(
+    model: nn.Module,
+    outputs: Sequence[Tensor],
+    image_sizes: List[Tuple[int, int]],
+    batched_inputs: Optional[List[Dict[str, Tensor]]] = None,
+) -> List[Dict[str, Instances]]:
+    """The exported graph's outputs -> per image ``{"instances": Instances}``, as
+    ``model(batched_inputs)`` gives them in eval mode.
+
+    Args:
+        outputs: the graph's outputs in order (see :func:`output_names`).
+        image_sizes: per image, its (height, width) before padding (``ImageList``'s).
+        batched_inputs: for each image's requested output size ("height"/"width");
+            without it, detections stay in input coordinates.
+    """
+    num_levels = len(model.head_in_features)
+    if len(outputs) != 3 * num_levels:
+        raise ValueError(f"expected {3 * num_levels} outputs (3 per level), got {len(outputs)}")
+    logits = list(outputs[:num_levels])
+    box_dists = list(outputs[num_levels: 2 * num_levels])
+    ctrness = list(outputs[2 * num_levels:])
+    locations = level_locations(logits, model.strides)
+    results = model.postprocessor(
+        locations, model.strides, *per_level_predictions(logits, box_dists, ctrness), image_sizes
+    )
+    if batched_inputs is None:
+        batched_inputs = [{} for _ in image_sizes]
+    return model.postprocess_to_original(results, batched_inputs, image_sizes)
+
+
+def run_exported(
+    run: Callable[[Tensor], Sequence[Tensor]],
+    model: nn.Module,
+    batched_inputs: List[Dict[str, Tensor]],
+) -> List[Dict[str, Instances]]:
+    """Full inference with an exported graph: :func:`preprocess`, ``run`` (e.g. the traced
+    module, or an onnxruntime session wrapped to take and return tensors), then
+    :func:`postprocess`."""
+    images = preprocess(model, batched_inputs)
+    outputs = [torch.as_tensor(o) for o in run(images.tensor)]
+    return postprocess(model, outputs, images.image_sizes, batched_inputs)
+
+
+def _check_exportable(model: nn.Module) -> None:
+    for attr in ("backbone", "head", "head_in_features", "postprocessor", "strides"):
+        if not hasattr(model, attr):
+            raise TypeError(
+                f"export supports the one-stage fcos_d2 FCOS detector; {type(model).__name__} "
+                f"has no {attr!r}"
+            )
+
+
+def export_torchscript(model: nn.Module, sample: Tensor, path: Optional[str] = None):
+    """Trace :class:`FCOSRawOutputs` on ``sample`` (a :func:`preprocess` ``.tensor``) and
+    optionally save it. The traced module accepts other batch and image sizes."""
+    _check_exportable(model)
+    wrapper = FCOSRawOutputs(model).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapper, (sample,), check_trace=False)
+    if path:
+        traced.save(path)
+    return traced
+
+
+def export_onnx(model: nn.Module, sample: Tensor, path: str, opset: int = 17) -> List[str]:
+    """Export :class:`FCOSRawOutputs` to ONNX, with dynamic batch, height and width.
+
+    Uses PyTorch's TorchScript-based exporter (``dynamo=False``): it exports this model
+    in about a second; the torch.export-based one takes far longer here. Returns the
+    output names.
+    """
+    _check_exportable(model)
+    wrapper = FCOSRawOutputs(model).eval()
+    names = output_names(model)
+    dynamic = {"images": {0: "batch", 2: "height", 3: "width"}}
+    for name in names:
+        dynamic[name] = {0: "batch", 2: f"height_{name.split('_')[-1]}", 3: f"width_{name.split('_')[-1]}"}
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            (sample,),
+            path,
+            dynamo=False,
+            input_names=["images"],
+            output_names=names,
+            dynamic_axes=dynamic,
+            opset_version=opset,
+        )
+    return names
