@@ -9,7 +9,7 @@ from detectron2.layers import batched_nms
 from detectron2.modeling import GeneralizedRCNNWithTTA, build_model
 
 from conftest import tiny_cfg
-from fcos_d2.modeling.tta import FCOSWithTTA, maybe_add_tta
+from fcos_d2.modeling.tta import FCOSWithTTA, maybe_add_tta, with_tta
 
 SCORE = 1 / (1 + math.exp(-3))  # sqrt(sigmoid(3) * sigmoid(3))
 
@@ -64,6 +64,7 @@ def test_config_switch():
     cfg = tiny_cfg()
     assert cfg.TEST.AUG.ENABLED is False and maybe_add_tta(cfg, model) is model
     assert isinstance(maybe_add_tta(tta_cfg([96], True), model), FCOSWithTTA)
+    assert isinstance(with_tta(cfg, model), FCOSWithTTA)  # whatever TEST.AUG.ENABLED
     two_stage = tiny_cfg(two_stage=True)
     two_stage.TEST.AUG.ENABLED = True
     assert isinstance(maybe_add_tta(two_stage, build_model(two_stage)), GeneralizedRCNNWithTTA)

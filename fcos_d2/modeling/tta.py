@@ -12,7 +12,7 @@ from detectron2.layers import batched_nms
 from detectron2.modeling import DatasetMapperTTA, GeneralizedRCNN, GeneralizedRCNNWithTTA
 from detectron2.structures import Boxes, Instances
 
-__all__ = ["FCOSWithTTA", "maybe_add_tta"]
+__all__ = ["FCOSWithTTA", "with_tta", "maybe_add_tta"]
 
 
 class FCOSWithTTA(nn.Module):
@@ -95,11 +95,14 @@ class FCOSWithTTA(nn.Module):
         return result
 
 
-def maybe_add_tta(cfg, model: nn.Module) -> nn.Module:
-    """With ``TEST.AUG.ENABLED``: ``FCOSWithTTA(cfg, model)`` (Detectron2's
-    ``GeneralizedRCNNWithTTA`` for a two-stage model); otherwise ``model`` itself."""
-    if not cfg.TEST.AUG.ENABLED:
-        return model
+def with_tta(cfg, model: nn.Module) -> nn.Module:
+    """``model`` with test-time augmentation: :class:`FCOSWithTTA`, or Detectron2's
+    ``GeneralizedRCNNWithTTA`` for a two-stage model (e.g. with FCOS proposals)."""
     if isinstance(model, GeneralizedRCNN):
         return GeneralizedRCNNWithTTA(cfg, model)
     return FCOSWithTTA(cfg, model)
+
+
+def maybe_add_tta(cfg, model: nn.Module) -> nn.Module:
+    """:func:`with_tta` when ``TEST.AUG.ENABLED``, otherwise ``model`` itself."""
+    return with_tta(cfg, model) if cfg.TEST.AUG.ENABLED else model
