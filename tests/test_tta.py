@@ -1,5 +1,6 @@
 """Test-time augmentation of the one-stage FCOS (fcos_d2.modeling.tta)."""
 import math
+import os
 
 import pytest
 import torch
@@ -172,3 +173,34 @@ def test_resized_input_is_mapped_to_its_output_size():
     tta = FCOSWithTTA(cfg, model)([inputs])[0]["instances"]
     assert tta.image_size == plain.image_size == (128, 192)
     assert box_set(tta) == box_set(plain)
+
+
+def test_trainer_evaluates_with_tta(tmp_path):
+    """``Trainer.test_with_TTA``: the dataset's evaluator on FCOSWithTTA's outputs."""
+    import cv2
+    import numpy as np
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.structures import BoxMode
+
+    from fcos_d2.engine import Trainer
+
+    name = "fcos_tta_trainer_test"
+    records = []
+    for i in range(2):
+        path = str(tmp_path / f"{i}.png")
+        cv2.imwrite(path, np.full((64, 80, 3), 120, np.uint8))
+        records.append({"file_name": path, "image_id": i, "height": 64, "width": 80,
+                        "annotations": [{"bbox": [28, 20, 16, 16], "bbox_mode": BoxMode.XYWH_ABS,
+                                         "category_id": 0, "iscrowd": 0}]})
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register(name, lambda: records)
+        MetadataCatalog.get(name).set(thing_classes=["a", "b", "c"], evaluator_type="coco")
+    cfg = tta_cfg([64, 96], flip=True)
+    cfg.DATASETS.TEST = (name,)
+    cfg.INPUT.MIN_SIZE_TEST = 64
+    cfg.OUTPUT_DIR = str(tmp_path / "out")
+    results = Trainer.test_with_TTA(cfg, constant_model(cfg))
+    assert set(results) == {"bbox_TTA"}
+    # the ground-truth box is one of the (equal-score) boxes of the constant model
+    assert results["bbox_TTA"]["AP50"] > 0
+    assert os.path.isdir(os.path.join(cfg.OUTPUT_DIR, "inference_TTA"))

@@ -16,6 +16,7 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDet
 
 from ..data.checks import check_dataset_classes
 from ..data.mapper import FCOSDatasetMapper
+from ..modeling.tta import with_tta
 
 logger = logging.getLogger(__name__)
 
@@ -112,3 +113,11 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return DatasetEvaluators([build_evaluator(cfg, dataset_name, output_folder)])
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """Evaluate with test-time augmentation (TEST.AUG.*); results keyed "<task>_TTA"."""
+        folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
+        evaluators = [cls.build_evaluator(cfg, name, folder) for name in cfg.DATASETS.TEST]
+        results = cls.test(cfg, with_tta(cfg, model), evaluators)
+        return {f"{task}_TTA": metrics for task, metrics in results.items()}
