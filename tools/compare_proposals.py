@@ -8,10 +8,10 @@ two proposal generators and box AP of all three, as a markdown table:
 
     python tools/compare_proposals.py                 # trains all three (CPU: ~30 min)
     python tools/compare_proposals.py --reuse         # reuse model_final.pth when present
+    python tools/compare_proposals.py --output-root output/cmp SOLVER.MAX_ITER 200 ...
 """
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -36,11 +36,13 @@ MODELS = {
 }
 
 
-def load_cfg(path: str, opts):
+def load_cfg(path: str, opts, output_root: str = None):
     cfg = get_cfg()
     add_fcos_config(cfg)
     cfg.merge_from_file(os.path.join(ROOT, path))
     cfg.merge_from_list(opts)
+    if output_root:
+        cfg.OUTPUT_DIR = os.path.join(output_root, os.path.splitext(os.path.basename(path))[0])
     cfg.MODEL.DEVICE = "cpu" if not __import__("torch").cuda.is_available() else cfg.MODEL.DEVICE
     return cfg
 
@@ -77,16 +79,16 @@ def proposal_recall(cfg, weights: str) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reuse", action="store_true", help="reuse trained models if present")
+    parser.add_argument("--output-root", default=None, help="one sub-folder per model")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for all three")
     args = parser.parse_args(argv)
     setup_logger(name="fcos_d2")
-    setup_logger()
-    logging.getLogger("detectron2").setLevel(logging.WARNING)
+    setup_logger()  # Detectron2's trainer logs ETA and losses every 20 iterations
 
     rows = {}
     for i, (name, path) in enumerate(MODELS.items(), 1):
         print(f"[{i}/{len(MODELS)}] {name}: training {path}", flush=True)
-        cfg = load_cfg(path, args.opts)
+        cfg = load_cfg(path, args.opts, args.output_root)
         start = time.time()
         weights = train(cfg, args.reuse)
         row = {"train_s": time.time() - start}
