@@ -148,7 +148,8 @@ def export_onnx(model: nn.Module, sample: Tensor, path: str, opset: int = 17) ->
     names = output_names(model)
     dynamic = {"images": {0: "batch", 2: "height", 3: "width"}}
     for name in names:
-        dynamic[name] = {0: "batch", 2: f"height_{name.split('_')[-1]}", 3: f"width_{name.split('_')[-1]}"}
+        level = name.split("_")[-1]
+        dynamic[name] = {0: "batch", 2: f"height_{level}", 3: f"width_{level}"}
     with torch.no_grad():
         torch.onnx.export(
             wrapper,

@@ -182,7 +182,9 @@ def place_conv_norm(conv, ref_conv, ref_norm=None, frozen_eps: float = 0.0) -> N
         for name in ("weight", "bias", "running_mean", "running_var"):
             if hasattr(ref_norm, name) and getattr(ref_norm, name) is not None:
                 value = getattr(ref_norm, name)
-                copy_(getattr(conv.norm, name), value - frozen_eps if name == "running_var" else value)
+                if name == "running_var":
+                    value = value - frozen_eps
+                copy_(getattr(conv.norm, name), value)
 
 
 def place_head(head, ref, ctrness_name: str) -> None:
@@ -307,7 +309,8 @@ def test_maskrcnn_benchmark_frozen_bn_eps_is_compensated():
                            if k.startswith("backbone.bottom_up.res2.0.conv2.norm.")})
     x = torch.randn(2, bn.weight.numel(), 4, 4, dtype=torch.float64)
     scale = bn.weight.double() / bn.running_var.double().sqrt()
-    expected = x * scale.view(1, -1, 1, 1) + (bn.bias.double() - bn.running_mean.double() * scale).view(1, -1, 1, 1)
+    shift = bn.bias.double() - bn.running_mean.double() * scale
+    expected = x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
     torch.testing.assert_close(d2_bn.double()(x), expected, rtol=1e-6, atol=1e-6)
 
 
@@ -404,7 +407,8 @@ def test_cli(tmp_path, capsys):
     assert "backbone.bottom_up (ResNet)" in printed and "all " in printed
     model = build_model(mb_cfg())
     DetectionCheckpointer(model).load(out)
-    assert torch.equal(model.head.scales[2].scale, torch.load(src)["model"]["rpn.head.scales.2.scale"])
+    source_scale = torch.load(src)["model"]["rpn.head.scales.2.scale"]
+    assert torch.equal(model.head.scales[2].scale, source_scale)
 
     assert main(args + opts[:-4]) == 1  # 4 tower convs in the config, 2 in the file
     assert "cls_tower.convs" in capsys.readouterr().err

@@ -64,7 +64,9 @@ def assert_detections_equal(results, reference):
         assert res.image_size == ref.image_size and len(ref) > 0
         assert len(res) == len(ref)
         # pixels of the original size: float rounding of stride-scaled distances
-        torch.testing.assert_close(res.pred_boxes.tensor, ref.pred_boxes.tensor, atol=1e-3, rtol=1e-5)
+        torch.testing.assert_close(
+            res.pred_boxes.tensor, ref.pred_boxes.tensor, atol=1e-3, rtol=1e-5
+        )
         torch.testing.assert_close(res.scores, ref.scores, atol=ATOL, rtol=0)
         assert torch.equal(res.pred_classes, ref.pred_classes)
 
@@ -130,7 +132,8 @@ def test_cli(tmp_path, capsys, fmt):
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(tiny_cfg().dump())
     out = tmp_path / "export"
-    assert load_cli().main(["--config-file", str(cfg_path), "--format", fmt, "--output", str(out)]) == 0
+    args = ["--config-file", str(cfg_path), "--format", fmt, "--output", str(out)]
+    assert load_cli().main(args) == 0
     printed = capsys.readouterr().out
     difference = float(printed.split("max |difference|: ")[1].split()[0])
     assert difference < ATOL

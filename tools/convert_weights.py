@@ -55,7 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--source", required=True, choices=SOURCES)
     parser.add_argument("--input", required=True, help="the reference checkpoint (.pth)")
     parser.add_argument("--output", required=True, help="converted file, .pth or .pkl")
-    parser.add_argument("--config-file", default="", help="check the result against this config's model")
+    parser.add_argument(
+        "--config-file", default="", help="check the result against this config's model"
+    )
     parser.add_argument(
         "--allow-pickle", action="store_true",
         help="read a checkpoint that holds Python objects besides tensors (trusted files only)",

@@ -119,7 +119,8 @@ def main(argv=None) -> int:
         path = os.path.join(args.output, "model.ts")
         traced = export_torchscript(model, sample, path)
         with torch.no_grad():
-            print(f"TorchScript vs eager, max |difference|: {max_difference(traced(sample), reference):.3g}")
+            difference = max_difference(traced(sample), reference)
+        print(f"TorchScript vs eager, max |difference|: {difference:.3g}")
     else:
         path = os.path.join(args.output, "model.onnx")
         export_onnx(model, sample, path, opset=args.opset)
@@ -130,7 +131,8 @@ def main(argv=None) -> int:
         else:
             session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
             outputs = session.run(None, {"images": sample.contiguous().numpy()})
-            print(f"onnxruntime vs eager, max |difference|: {max_difference(outputs, reference):.3g}")
+            difference = max_difference(outputs, reference)
+            print(f"onnxruntime vs eager, max |difference|: {difference:.3g}")
     info_path = os.path.join(args.output, "export_info.json")
     with open(info_path, "w") as f:
         json.dump(export_info(cfg, model, args.format, path), f, indent=2)

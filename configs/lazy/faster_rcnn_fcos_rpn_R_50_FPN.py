@@ -63,7 +63,9 @@ model = L(GeneralizedRCNN)(
         num_classes=80,
         batch_size_per_image=512,
         positive_fraction=0.25,
-        proposal_matcher=L(Matcher)(thresholds=[0.5], labels=[0, 1], allow_low_quality_matches=False),
+        proposal_matcher=L(Matcher)(
+            thresholds=[0.5], labels=[0, 1], allow_low_quality_matches=False
+        ),
         box_in_features=["p2", "p3", "p4", "p5"],
         box_pooler=L(ROIPooler)(
             output_size=7,

@@ -220,12 +220,12 @@ def _tower_entries(
         elif all(re.fullmatch(r"\d+\.\w+", name) for name in names):  # one BN per level
             for rest, value in params.items():
                 level, stat = rest.split(".", 1)
-                out.append(
-                    (f"{index}.{rest}", f"norms.{level}.{num_convs - 1}.{stat}", G_TOWER_NORM, value)
-                )
+                new = f"norms.{level}.{num_convs - 1}.{stat}"
+                out.append((f"{index}.{rest}", new, G_TOWER_NORM, value))
         elif names <= {"weight", "bias"}:  # GroupNorm, shared by the levels
             for rest, value in params.items():
-                out.append((f"{index}.{rest}", f"norms.0.{num_convs - 1}.{rest}", G_TOWER_NORM, value))
+                new = f"norms.0.{num_convs - 1}.{rest}"
+                out.append((f"{index}.{rest}", new, G_TOWER_NORM, value))
         else:
             problems.append(f"{tower}.{index}: unknown module with {sorted(names)}")
     return out
@@ -268,7 +268,8 @@ def _hints(state: Mapping[str, Tensor]) -> Dict[str, Any]:
     if resnet_norm:
         hints["MODEL.RESNETS.NORM"] = resnet_norm
 
-    levels = sorted(int(m[1]) for k in state for m in [re.match(r"backbone\.fpn_lateral(\d)\.weight$", k)] if m)
+    laterals = (re.fullmatch(r"backbone\.fpn_lateral(\d)\.weight", k) for k in state)
+    levels = sorted(int(m[1]) for m in laterals if m)
     if levels:
         hints["MODEL.FPN.IN_FEATURES"] = [f"res{i}" for i in levels]
         hints["MODEL.RESNETS.OUT_FEATURES"] = [f"res{i}" for i in levels]
@@ -277,16 +278,19 @@ def _hints(state: Mapping[str, Tensor]) -> Dict[str, Any]:
         hints["MODEL.FPN.NORM"] = _norm_kind(state, f"backbone.fpn_lateral{levels[0]}.norm")
         p6 = state.get("backbone.top_block.p6.weight")
         if p6 is not None:
-            hints["MODEL.FCOS.TOP_BLOCK_IN_FEATURE"] = "p5" if p6.shape[1] == out_channels else "res5"
+            from_p5 = p6.shape[1] == out_channels
+            hints["MODEL.FCOS.TOP_BLOCK_IN_FEATURE"] = "p5" if from_p5 else "res5"
 
     logits = state.get("head.cls_logits.weight")
     if logits is not None:
         hints["MODEL.FCOS.NUM_CLASSES"] = int(logits.shape[0])
-    for tower, key in (("cls", "NUM_CLS_CONVS"), ("box", "NUM_BOX_CONVS"), ("share", "NUM_SHARE_CONVS")):
+    towers = (("cls", "NUM_CLS_CONVS"), ("box", "NUM_BOX_CONVS"), ("share", "NUM_SHARE_CONVS"))
+    for tower, key in towers:
         hints[f"MODEL.FCOS.{key}"] = sum(
             1 for k in state if re.fullmatch(rf"head\.{tower}_tower\.convs\.\d+\.weight", k)
         )
-    norm_levels = {int(m[1]) for k in state for m in [re.match(r"head\.\w+_tower\.norms\.(\d+)\.", k)] if m}
+    norms = (re.match(r"head\.\w+_tower\.norms\.(\d+)\.", k) for k in state)
+    norm_levels = {int(m[1]) for m in norms if m}
     hints["MODEL.FCOS.NORM"] = "BN" if len(norm_levels) > 1 else ("GN" if norm_levels else "")
     hints["MODEL.FCOS.USE_SCALE"] = any(k.startswith("head.scales.") for k in state)
     return hints
