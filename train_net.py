@@ -11,7 +11,7 @@ import torch
 import fcos_d2  # noqa: F401  (registers FCOS modules and the demo datasets)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup
+from detectron2.engine import default_argument_parser, default_setup, hooks
 
 from fcos_d2 import add_fcos_config
 from fcos_d2.engine import Trainer, launch
@@ -37,9 +37,16 @@ def main(args):
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
-        return Trainer.test(cfg, model)
+        results = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            results.update(Trainer.test_with_TTA(cfg, model))
+        return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
+    if cfg.TEST.AUG.ENABLED:  # evaluate with test-time augmentation after training too
+        trainer.register_hooks(
+            [hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))]
+        )
     return trainer.train()
 
 
