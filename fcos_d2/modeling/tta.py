@@ -8,9 +8,10 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from detectron2.layers import batched_nms
 from detectron2.modeling import DatasetMapperTTA, GeneralizedRCNN, GeneralizedRCNNWithTTA
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Instances
+
+from .inference import FCOSPostProcessor
 
 __all__ = ["FCOSWithTTA", "with_tta", "maybe_add_tta"]
 
@@ -44,8 +45,10 @@ class FCOSWithTTA(nn.Module):
         self.model = model
         self.tta_mapper = tta_mapper if tta_mapper is not None else DatasetMapperTTA(cfg)
         self.batch_size = batch_size
-        self.nms_thresh = cfg.MODEL.FCOS.NMS_TH
-        self.post_nms_topk = cfg.MODEL.FCOS.POST_NMS_TOPK_TEST
+        # The merge is the detector's own final step: class-aware NMS + top-k.
+        self.merger = FCOSPostProcessor(
+            nms_thresh=cfg.MODEL.FCOS.NMS_TH, post_nms_topk=cfg.MODEL.FCOS.POST_NMS_TOPK_TEST
+        )
 
     def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:
         """Per image ``{"instances": Instances}`` at its "height" x "width" (or its size)."""
@@ -83,16 +86,7 @@ class FCOSWithTTA(nn.Module):
         self, boxes: Tensor, scores: Tensor, classes: Tensor, image_size
     ) -> Instances:
         """Class-aware NMS over the detections of all augmentations."""
-        boxes = Boxes(boxes)
-        boxes.clip(image_size)
-        keep = boxes.nonempty()
-        boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
-        keep = batched_nms(boxes.tensor, scores, classes, self.nms_thresh)[: self.post_nms_topk]
-        result = Instances(image_size)
-        result.pred_boxes = boxes[keep]
-        result.scores = scores[keep]
-        result.pred_classes = classes[keep]
-        return result
+        return self.merger.nms(boxes, scores, classes, image_size)
 
 
 def with_tta(cfg, model: nn.Module) -> nn.Module:
