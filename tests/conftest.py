@@ -48,6 +48,15 @@ def make_inputs(boxes_per_image, size=(96, 128), seed=0, classes=None):
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread, above all on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def seeded():
     torch.manual_seed(0)
     yield

@@ -32,13 +32,7 @@ NUM_CLASSES = 3
 FPN_CHANNELS = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, above all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- the reference module trees (names and nesting only; no forward) --------------------

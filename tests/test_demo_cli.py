@@ -31,13 +31,7 @@ SCORE_CLASS0 = SIGMOID_3
 SCORE_CLASS1 = math.sqrt(0.5 * SIGMOID_3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, above all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load_demo():

@@ -15,13 +15,7 @@ from fcos_d2.modeling.tta import FCOSWithTTA, maybe_add_tta, with_tta
 SCORE = 1 / (1 + math.exp(-3))  # sqrt(sigmoid(3) * sigmoid(3))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, above all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tta_cfg(min_sizes, flip: bool):
