@@ -27,14 +27,7 @@ DEMO_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "FCOS-Demo", "*.ya
 STRIDES = {"p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}
 IMAGE = 64  # a multiple of 32: the FPN pads to it, so level i is IMAGE / stride wide
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and steadier on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def demo_cfg(path: str):
