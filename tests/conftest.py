@@ -47,6 +47,19 @@ def make_inputs(boxes_per_image, size=(96, 128), seed=0, classes=None):
     return inputs
 
 
+def load_script(relative_path: str):
+    """Import a repository script (e.g. "tools/export_model.py") as a module."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", relative_path)
+    name = os.path.splitext(os.path.basename(relative_path))[0] + "_script"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models run faster on one thread, above all on a busy machine."""

@@ -7,7 +7,6 @@ interleaving conv/norm/ReLU, ``body.layerN`` with ``bnN`` and ``downsample``,
 weights placed into fcos_d2's model by hand.
 """
 import copy
-import importlib.util
 import os
 
 import pytest
@@ -18,7 +17,7 @@ import fcos_d2  # noqa: F401  (first: Detectron2 compatibility layer)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from conftest import tiny_cfg
+from conftest import load_script, tiny_cfg
 from fcos_d2.checkpoint import (
     ConversionError,
     convert_reference_checkpoint,
@@ -378,11 +377,7 @@ def test_refuses_unknown_missing_and_misshapen_keys():
 
 
 def load_cli():
-    path = os.path.join(os.path.dirname(__file__), "..", "tools", "convert_weights.py")
-    spec = importlib.util.spec_from_file_location("convert_weights_cli", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/convert_weights.py")
 
 
 def test_cli(tmp_path, capsys):

@@ -1,5 +1,4 @@
 """TorchScript and ONNX export of the one-stage FCOS: raw outputs and detections match eager."""
-import importlib.util
 import json
 import os
 
@@ -9,7 +8,7 @@ import torch
 import fcos_d2  # noqa: F401  (first: Detectron2 compatibility layer)
 from detectron2.modeling import build_model
 
-from conftest import tiny_cfg
+from conftest import load_script, tiny_cfg
 from fcos_d2.export import (
     FCOSRawOutputs,
     export_onnx,
@@ -112,11 +111,7 @@ def test_onnx_matches_eager_on_other_sizes(model, tmp_path):
 
 
 def load_cli():
-    path = os.path.join(os.path.dirname(__file__), "..", "tools", "export_model.py")
-    spec = importlib.util.spec_from_file_location("export_model_cli", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/export_model.py")
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
