@@ -80,3 +80,35 @@ def test_image_without_positives_gives_finite_losses_and_gradients():
     assert out["loss_fcos_cls"].item() == pytest.approx(expected.item(), rel=1e-4)
     total.backward()
     assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("loc_loss_type", ["iou", "linear_iou", "giou", "smooth_l1"])
+@pytest.mark.parametrize("box_quality", ["ctrness", "iou"])
+def test_targets_off_the_positives_do_not_matter(loc_loss_type, box_quality):
+    """Whatever the assigner leaves at background/ignored locations (here negative and
+    zero distances, whose centerness or log would be NaN) changes no loss or gradient."""
+    losses = FCOSLosses(num_classes=2, loc_loss_type=loc_loss_type, box_quality=box_quality)
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 3, 2, generator=gen)
+    box = torch.rand(1, 3, 4, generator=gen) * 3
+    ctr = torch.randn(1, 3, generator=gen)
+    labels = torch.tensor([[1, 2, -1]])
+    clean = torch.tensor([[[1.0, 2.0, 3.0, 1.5], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])
+    dirty = clean.clone()
+    dirty[0, 1] = torch.tensor([-5.0, 0.0, 0.0, -1.0])
+    dirty[0, 2] = torch.tensor([0.0, -3.0, 2.0, 0.0])
+    grads = []
+    for reg in (clean, dirty):
+        inputs = [t.clone().requires_grad_() for t in (logits, box, ctr)]
+        out = losses(*inputs, labels, reg)
+        sum(out.values()).backward()
+        grads.append([t.grad for t in inputs])
+        if reg is clean:
+            reference = out
+    for key in out:
+        assert torch.isfinite(out[key]) and out[key].item() == pytest.approx(reference[key].item())
+    for clean_grad, dirty_grad in zip(*grads):
+        assert torch.isfinite(dirty_grad).all()
+        torch.testing.assert_close(dirty_grad, clean_grad)
+    # only the positive location's box and quality receive gradient
+    assert grads[1][1][0, 1:].abs().sum() == 0 and grads[1][2][0, 1:].abs().sum() == 0

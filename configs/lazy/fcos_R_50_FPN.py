@@ -89,6 +89,7 @@ model = L(FCOS)(
     pixel_mean=[103.530, 116.280, 123.675],  # BGR, Caffe-style ImageNet weights
     pixel_std=[1.0, 1.0, 1.0],
     channels_last=True,  # MODEL.FCOS.CHANNELS_LAST: NHWC convolutions, faster
+    fold_bn_at_test=True,  # MODEL.FCOS.FOLD_BN_AT_TEST: BatchNorm folded into convs at test
 )
 
 # Detectron2's COCO data pipeline (BGR, multi-scale train 640-800 short side, flip), with

@@ -79,7 +79,7 @@ class Tower(nn.Module):
     def forward(self, x: Tensor, level: int) -> Tensor:
         norms = self.norms[level if len(self.norms) > 1 else 0]
         for conv, norm in zip(self.convs, norms):
-            x = F.relu(norm(conv(x)))
+            x = F.relu(norm(conv(x)), inplace=True)  # the norm's output is not needed again
         return x
 
 

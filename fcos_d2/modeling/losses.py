@@ -141,38 +141,44 @@ class FCOSLosses(nn.Module):
             labels: (N, R) from :class:`FCOSTargetAssigner` (K background, -1 ignored).
             reg_targets: (N, R, 4) target distances, in stride units.
         """
-        # Loss math in fp32, also under mixed precision.
+        # Loss math in fp32, also under mixed precision. Masks weight the sums instead of
+        # selecting elements: no data-dependent shapes, so no host-device sync on GPUs.
         logits, box_dists, quality = logits.float(), box_dists.float(), quality.float()
         valid = labels >= 0
         positive = valid & (labels != self.num_classes)
-        num_pos = mean_over_workers(positive.sum().to(logits.dtype))
+        pos_weight = positive.to(logits.dtype)
+        num_pos = mean_over_workers(pos_weight.sum())
 
         cls_target = F.one_hot(labels.clamp(min=0), self.num_classes + 1)[..., : self.num_classes]
-        loss_cls = sigmoid_focal_loss(
-            logits[valid],
-            cls_target[valid].to(logits.dtype),
+        focal = sigmoid_focal_loss(
+            logits,
+            cls_target.to(logits.dtype),
             alpha=self.focal_alpha,
             gamma=self.focal_gamma,
-            reduction="sum",
-        ) / self.cls_normalization(num_pos, valid)
+            reduction="none",
+        )
+        loss_cls = (focal.sum(dim=-1) * valid).sum() / self.cls_normalization(num_pos, valid)
 
-        pos_dists = box_dists[positive]
-        pos_targets = reg_targets[positive]
-        ctr_targets = centerness_targets(pos_targets)
+        # Targets off the positives are replaced by a unit box, so that every term stays
+        # finite (a NaN times a zero weight would still poison the gradient).
+        targets = torch.where(positive[..., None], reg_targets.float(), torch.ones_like(reg_targets))
+        ctr_targets = centerness_targets(targets.reshape(-1, 4)) * pos_weight.reshape(-1)
         ctr_norm = mean_over_workers(ctr_targets.sum()).clamp(min=1e-6)
+        dists, targets = box_dists.reshape(-1, 4), targets.reshape(-1, 4)
         if self.loc_loss_type == "smooth_l1":
-            loc = smooth_l1_loss(pos_dists, pos_targets, beta=1.0 / 9, reduction="none").sum(1)
+            loc = smooth_l1_loss(dists, targets, beta=1.0 / 9, reduction="none").sum(1)
         else:
-            loc = iou_loss(pos_dists, pos_targets, self.loc_loss_type)
+            loc = iou_loss(dists, targets, self.loc_loss_type)
         loss_loc = (loc * ctr_targets).sum() / ctr_norm
 
         if self.box_quality == "iou":
-            quality_targets = box_iou_ltrb(pos_dists.detach(), pos_targets)
+            quality_targets = box_iou_ltrb(dists.detach(), targets)
         else:
             quality_targets = ctr_targets
-        loss_quality = F.binary_cross_entropy_with_logits(
-            quality[positive], quality_targets, reduction="sum"
-        ) / num_pos.clamp(min=1.0)
+        quality_bce = F.binary_cross_entropy_with_logits(
+            quality.reshape(-1), quality_targets, reduction="none"
+        )
+        loss_quality = (quality_bce * pos_weight.reshape(-1)).sum() / num_pos.clamp(min=1.0)
         return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": loss_loc, "loss_fcos_ctr": loss_quality}
 
     def cls_normalization(self, num_pos: Tensor, valid: Tensor) -> Tensor:

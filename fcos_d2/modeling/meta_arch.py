@@ -8,6 +8,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, detector_postprocess
 from detectron2.structures import ImageList, Instances
 
+from .fold_bn import FoldedBatchNormCache
 from .head import FCOSHead
 from .inference import FCOSPostProcessor
 from .losses import FCOSLosses
@@ -39,6 +40,7 @@ class FCOS(nn.Module):
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
         channels_last: bool = False,
+        fold_bn_at_test: bool = False,
     ):
         """
         Args:
@@ -50,6 +52,10 @@ class FCOS(nn.Module):
             pixel_mean, pixel_std: per-channel input normalisation.
             channels_last: keep conv weights and activations in NHWC memory format
                 (faster convolutions on CPU; same results up to float rounding).
+            fold_bn_at_test: at inference without autograd, run a copy of the backbone
+                with its BatchNorms folded into the preceding convolutions
+                (:func:`fcos_d2.modeling.fold_bn.fold_batchnorm`); same results up to
+                float rounding. The copy is rebuilt when the weights change.
         """
         super().__init__()
         check_strides(backbone.output_shape(), head_in_features, strides)
@@ -65,6 +71,8 @@ class FCOS(nn.Module):
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
+        self.fold_bn_at_test = fold_bn_at_test
+        self._folded_backbone = FoldedBatchNormCache()
 
     @classmethod
     def from_config(cls, cfg):
@@ -83,11 +91,23 @@ class FCOS(nn.Module):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "channels_last": cfg.MODEL.FCOS.CHANNELS_LAST,
+            "fold_bn_at_test": cfg.MODEL.FCOS.FOLD_BN_AT_TEST,
         }
 
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._folded_backbone.clear()  # stale once training changes the weights
+        return super().train(mode)
+
+    def inference_backbone(self) -> Backbone:
+        """The backbone to run: its BatchNorm-folded copy at inference without autograd."""
+        if self.fold_bn_at_test and not self.training and not torch.is_grad_enabled():
+            return self._folded_backbone.get(self.backbone)
+        return self.backbone
 
     def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> ImageList:
         """Normalise and pad the batch's images to one tensor."""
@@ -107,7 +127,7 @@ class FCOS(nn.Module):
             training: dict of losses; inference: per image {"instances": Instances}.
         """
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
+        features = self.inference_backbone()(images.tensor)
         features = [features[f] for f in self.head_in_features]
         logits, box_dists, ctrness = self.head(features)
         locations = level_locations(features, self.strides)

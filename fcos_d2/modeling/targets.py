@@ -161,9 +161,9 @@ class FCOSTargetAssigner:
         positive, gt_index = self.match(candidate, areas)
 
         labels = torch.where(positive, classes[gt_index], self.num_classes)
-        if is_crowd.any():
-            in_crowd = (inside_box & is_crowd[None, :]).any(dim=1)
-            labels = torch.where(in_crowd & ~positive, -1, labels)
+        # computed even without crowd boxes: testing for them would sync with a GPU
+        in_crowd = (inside_box & is_crowd[None, :]).any(dim=1)
+        labels = torch.where(in_crowd & ~positive, -1, labels)
         reg = ltrb[torch.arange(len(points), device=points.device), gt_index]
         reg = reg / strides[:, None]
         return labels, reg

@@ -1,0 +1,109 @@
+"""BatchNorm folding at inference: same outputs, rebuilt when the weights change."""
+import torch
+from torch import nn
+
+from detectron2.layers import Conv2d, FrozenBatchNorm2d
+from detectron2.modeling import build_model
+
+from fcos_d2.modeling.fold_bn import fold_batchnorm
+from conftest import make_inputs, tiny_cfg
+
+
+def _randomize_bn_statistics(module: nn.Module, seed: int = 0) -> None:
+    """Give every BatchNorm non-trivial statistics and affine parameters."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)):
+                c = m.running_mean.numel()
+                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.5)
+                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
+
+
+def test_fold_single_conv_by_hand():
+    # 1x1 conv, one channel: y = bn(2x + 1) with mean 3, var 4 - eps, weight 5, bias 6
+    conv = Conv2d(1, 1, 1, bias=True, norm=nn.BatchNorm2d(1))
+    with torch.no_grad():
+        conv.weight.fill_(2.0)
+        conv.bias.fill_(1.0)
+        conv.norm.running_mean.fill_(3.0)
+        conv.norm.running_var.fill_(4.0 - conv.norm.eps)
+        conv.norm.weight.fill_(5.0)
+        conv.norm.bias.fill_(6.0)
+    conv.eval()
+    assert fold_batchnorm(conv) == 1
+    assert conv.norm is None
+    # scale = 5 / 2 = 2.5: weight 2 * 2.5 = 5, bias (1 - 3) * 2.5 + 6 = 1
+    assert conv.weight.item() == 5.0 and conv.bias.item() == 1.0
+    assert conv(torch.tensor([[[[2.0]]]])).item() == 11.0  # bn(2*2+1) = (5-3)*2.5+6
+
+
+def test_fold_keeps_outputs_and_skips_other_norms():
+    convs = nn.Sequential(
+        Conv2d(3, 8, 3, padding=1, bias=False, norm=nn.BatchNorm2d(8), activation=nn.ReLU()),
+        Conv2d(8, 8, 3, padding=1, bias=False, norm=FrozenBatchNorm2d(8)),
+        Conv2d(8, 8, 3, padding=1, norm=nn.GroupNorm(4, 8)),
+        Conv2d(8, 8, 1),
+    )
+    _randomize_bn_statistics(convs)
+    convs.eval()
+    x = torch.randn(2, 3, 12, 10)
+    with torch.no_grad():
+        expected = convs(x)
+        assert fold_batchnorm(convs) == 2
+        got = convs(x)
+    assert isinstance(convs[2].norm, nn.GroupNorm)  # data-dependent: not foldable
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_training_mode_batchnorm_is_not_folded():
+    conv = Conv2d(3, 4, 1, bias=False, norm=nn.BatchNorm2d(4))
+    conv.train()
+    assert fold_batchnorm(conv) == 0
+    assert isinstance(conv.norm, nn.BatchNorm2d)
+
+
+def _fcos(fold: bool):
+    cfg = tiny_cfg()
+    cfg.MODEL.FCOS.FOLD_BN_AT_TEST = fold
+    cfg.MODEL.FCOS.INFERENCE_TH_TEST = 0.0  # random weights: keep every candidate
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    _randomize_bn_statistics(model.backbone)
+    return model.eval()
+
+
+def test_fcos_folded_inference_matches_unfolded(one_thread):
+    folded, plain = _fcos(True), _fcos(False)
+    plain.load_state_dict(folded.state_dict())
+    inputs = make_inputs([[[10, 10, 60, 50]]], size=(96, 128))
+    with torch.no_grad():
+        assert folded.inference_backbone() is not folded.backbone
+        assert plain.inference_backbone() is plain.backbone
+        a = folded(inputs)[0]["instances"]
+        b = plain(inputs)[0]["instances"]
+    assert len(a) == len(b) > 0
+    torch.testing.assert_close(a.scores, b.scores, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a.pred_boxes.tensor, b.pred_boxes.tensor, rtol=1e-4, atol=1e-3)
+    # the folded copy is not part of the checkpoint
+    assert set(folded.state_dict()) == set(plain.state_dict())
+
+
+def test_folded_copy_follows_weight_changes(one_thread):
+    model = _fcos(True)
+    x = torch.rand(1, 3, 64, 64) * 255
+    with torch.no_grad():
+        first = model.inference_backbone()
+        assert model.inference_backbone() is first  # cached while weights are unchanged
+        bn = model.backbone.bottom_up.stem.conv1.norm
+        bn.running_mean.add_(1.0)  # an in-place change, like load_state_dict or an SGD step
+        second = model.inference_backbone()
+        assert second is not first
+        expected = model.backbone(x)["p3"]
+        torch.testing.assert_close(second(x)["p3"], expected, rtol=1e-4, atol=1e-4)
+    # with autograd on (e.g. saliency maps), the real backbone runs
+    assert model.inference_backbone() is model.backbone
+    model.train()
+    assert model._folded_backbone._folded is None
