@@ -1,15 +1,16 @@
 #!/usr/bin/env python
 """Speed of FCOS against Detectron2's own RetinaNet and Faster R-CNN, in one run.
 
-All detectors use a ResNet-50-FPN with random weights and see the same inputs; FCOS runs
-twice, as configured by default and without its inference speed-ups (NHWC memory format,
-BatchNorm folded at test), which leaves the network that Detectron2's models are compared
-with on equal terms:
+All detectors use a ResNet-50-FPN with random weights and see the same inputs. FCOS runs
+twice: as configured by default, and without its two inference speed-ups (NHWC memory
+format, BatchNorm folded at test) -- the same network, run the way Detectron2 runs its
+own models:
 
     python benchmarks/benchmark.py                      # CPU, fp32
     python benchmarks/benchmark.py --device cuda --amp  # GPU, mixed precision
 
-Measured per model: inference latency (batch 1, median after warm-up) at each
+Measured per model: inference latency (batch 1, median after warm-up; the models take
+turns, one forward each per round, so a noisy spell hits all alike) at each
 ``--infer-sizes``; training step time (forward + backward + SGD step, batch
 ``--train-batch`` at ``--train-size``) and its peak memory; for FCOS the time inside
 target assignment + losses (training) and post-processing (inference); fvcore FLOPs and
@@ -198,38 +199,58 @@ def log(msg: str):
     print(msg, file=sys.stderr, flush=True)
 
 
-def bench_model(name, cfg, args) -> Dict[str, float]:
-    device, amp = args.device, args.amp
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    row = {}
-    timer = Timer(device)
-    autocast = lambda: torch.autocast(device.split(":")[0], enabled=amp)  # noqa: E731
+def bench_inference(models: Dict[str, torch.nn.Module], args) -> Dict[str, Dict[str, float]]:
+    """Batch-1 inference latency of every model at every size, and FLOPs.
 
-    model.eval()
+    The models take turns, one forward each per round, so that a slow spell of a noisy
+    machine hits all of them alike instead of the one that happened to run then.
+    """
+    device = args.device
+    rows = {name: {} for name in models}
+    timer = Timer(device)
     for h, w in args.infer_sizes:
         inputs = random_images(1, h, w, device, with_boxes=False)
-        log(f"  [{name}] inference {h}x{w}")
-        with torch.no_grad(), autocast(), timing_fcos_parts(timer):
-            total, post = median_time(lambda: model(inputs), args.repeats, args.warmup, device, timer)
-        row[f"infer_{h}x{w}_ms"] = total * 1000
-        row[f"post_{h}x{w}_ms"] = post * 1000
-    h, w = args.infer_sizes[0]
-    log(f"  [{name}] FLOPs at {h}x{w}")
-    with torch.no_grad():
-        image = random_images(1, h, w, device, False)[0]["image"]
-        flops = FlopCountAnalysis(TensorOutputs(model), (image,))
-        flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        row["gflops"] = flops.total() / 1e9
-    row["gflops_per_s"] = row["gflops"] / (row[f"infer_{h}x{w}_ms"] / 1000)
+        times = {name: [] for name in models}
+        posts = {name: [] for name in models}
+        with torch.no_grad(), torch.autocast(device.split(":")[0], enabled=args.amp):
+            with timing_fcos_parts(timer):
+                for name, model in models.items():
+                    log(f"  inference {h}x{w}: warm-up of {name}")
+                    for _ in range(args.warmup):
+                        model(inputs)
+                for r in range(args.repeats):
+                    log(f"  inference {h}x{w}: round {r + 1}/{args.repeats}")
+                    for name, model in models.items():
+                        total, post = median_time(lambda: model(inputs), 1, 0, device, timer)
+                        times[name].append(total)
+                        posts[name].append(post)
+        for name in models:
+            rows[name][f"infer_{h}x{w}_ms"] = statistics.median(times[name]) * 1000
+            rows[name][f"post_{h}x{w}_ms"] = statistics.median(posts[name]) * 1000
 
+    h, w = args.infer_sizes[0]
+    image = random_images(1, h, w, device, False)[0]["image"]
+    for name, model in models.items():
+        log(f"  FLOPs of {name} at {h}x{w}")
+        with torch.no_grad():
+            flops = FlopCountAnalysis(TensorOutputs(model), (image,))
+            flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            rows[name]["gflops"] = flops.total() / 1e9
+        rows[name]["gflops_per_s"] = rows[name]["gflops"] / (rows[name][f"infer_{h}x{w}_ms"] / 1000)
+    return rows
+
+
+def bench_training(name: str, model: torch.nn.Module, args) -> Dict[str, float]:
+    """Training step time (forward + backward + SGD), its peak memory, FCOS's loss part."""
+    device = args.device
+    timer = Timer(device)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     th, tw = args.train_size
     inputs = random_images(args.train_batch, th, tw, device, with_boxes=True)
 
     def train_step():
-        with autocast():
+        with torch.autocast(device.split(":")[0], enabled=args.amp):
             losses = model(inputs)
         optimizer.zero_grad()
         sum(losses.values()).backward()
@@ -240,10 +261,11 @@ def bench_model(name, cfg, args) -> Dict[str, float]:
         train_step()  # allocate optimizer state before the peak-memory window
         reset_peak_memory(device)
         total, loss_time = median_time(train_step, args.repeats, args.warmup, device, timer)
-    row["train_ms"] = total * 1000
-    row["train_peak_mb"] = peak_memory_mb(device)
-    row["targets_losses_ms"] = loss_time * 1000
-    return row
+    return {
+        "train_ms": total * 1000,
+        "train_peak_mb": peak_memory_mb(device),
+        "targets_losses_ms": loss_time * 1000,
+    }
 
 
 def format_table(rows: Dict[str, Dict[str, float]], args, conv_rate: float) -> str:
@@ -303,10 +325,17 @@ def main(argv: List[str] = None):
 
     configs = model_configs(args.device)
     names = args.models or list(configs)
-    rows = {}
+    models = {}
+    for name in names:
+        torch.manual_seed(0)
+        models[name] = build_model(configs[name]).eval()
+    log(f"[1/2] inference, {len(names)} models in turn")
+    rows = bench_inference(models, args)
+    del models  # one model at a time in memory for the training steps' peak memory
     for i, name in enumerate(names, 1):
-        log(f"[{i}/{len(names)}] {name}")
-        rows[name] = bench_model(name, configs[name], args)
+        log(f"[2/2] training step {i}/{len(names)}: {name}")
+        torch.manual_seed(0)
+        rows[name].update(bench_training(name, build_model(configs[name]), args))
         log(f"  [{name}] " + ", ".join(f"{k}={v:.1f}" for k, v in rows[name].items()))
     log("plain convolution rate")
     conv_rate = conv_peak_flops(args.device, args.amp)

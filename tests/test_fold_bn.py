@@ -107,3 +107,24 @@ def test_folded_copy_follows_weight_changes(one_thread):
     assert model.inference_backbone() is model.backbone
     model.train()
     assert model._folded_backbone._folded is None
+
+
+def test_tracing_records_the_real_backbone(one_thread):
+    """Tracers (fvcore's FLOP counter, torch.jit.trace export) record the model's own
+    backbone, not the folded copy, whose weights are outside the module tree."""
+    model = _fcos(True)
+
+    class P3(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, image):
+            return self.model.inference_backbone()(image)["p3"]
+
+    x = torch.rand(1, 3, 64, 64) * 255
+    with torch.no_grad():
+        traced = torch.jit.trace(P3(), (x,), check_trace=False)
+        expected = model.backbone(x)["p3"]
+        torch.testing.assert_close(traced(x), expected)
+        torch.testing.assert_close(P3()(x), expected, rtol=1e-4, atol=1e-4)  # the folded copy

@@ -38,8 +38,8 @@ def add_fcos_config(cfg: CN) -> CN:
     # NHWC memory format for the whole detector: faster convolutions on CPU (oneDNN)
     # and on tensor-core GPUs; results equal up to float rounding.
     fcos.CHANNELS_LAST = True
-    # At inference (no autograd), run a copy of the backbone whose BatchNorms are folded
-    # into the convolutions before them; rebuilt whenever the weights change.
+    # At inference (no autograd, not tracing), run a copy of the backbone whose
+    # BatchNorms are folded into the convolutions before them; rebuilt when weights change.
     fcos.FOLD_BN_AT_TEST = True
     # ---- target assignment --------------------------------------------------------------
     fcos.SIZES_OF_INTEREST = [64, 128, 256, 512]

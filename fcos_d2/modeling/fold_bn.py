@@ -81,6 +81,7 @@ class FoldedBatchNormCache:
         if self._folded is None or key != self._key:
             folded = copy.deepcopy(module)
             fold_batchnorm(folded)
+            folded.requires_grad_(False)  # for inference only
             self._folded, self._key = folded, key
         return self._folded
 

@@ -104,8 +104,10 @@ class FCOS(nn.Module):
         return super().train(mode)
 
     def inference_backbone(self) -> Backbone:
-        """The backbone to run: its BatchNorm-folded copy at inference without autograd."""
-        if self.fold_bn_at_test and not self.training and not torch.is_grad_enabled():
+        """The backbone to run: its BatchNorm-folded copy at inference without autograd,
+        except while tracing (export, FLOP counting), where the real one is recorded."""
+        inference = not self.training and not torch.is_grad_enabled()
+        if self.fold_bn_at_test and inference and not torch.jit.is_tracing():
             return self._folded_backbone.get(self.backbone)
         return self.backbone
 
