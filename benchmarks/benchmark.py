@@ -7,7 +7,10 @@ format, BatchNorm folded at test) -- the same network, run the way Detectron2 ru
 own models:
 
     python benchmarks/benchmark.py                      # CPU, fp32
+    python benchmarks/benchmark.py --amp                # CPU, bfloat16 autocast
     python benchmarks/benchmark.py --device cuda --amp  # GPU, mixed precision
+    python benchmarks/benchmark.py --skip-training --models FCOS "FCOS (NHWC, BN not folded)" \
+        "FCOS (NCHW, BN folded)" "FCOS (NCHW, BN not folded)"   # each speed-up alone
 
 Measured per model: inference latency (batch 1, median after warm-up; the models take
 turns, one forward each per round, so a noisy spell hits all alike) at each
@@ -42,6 +45,8 @@ from fcos_d2.modeling.inference import FCOSPostProcessor  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINES = ("RetinaNet (D2)", "Faster R-CNN (D2)")
 PLAIN_FCOS = "FCOS (NCHW, BN not folded)"
+ONE_SPEEDUP_FCOS = ("FCOS (NHWC, BN not folded)", "FCOS (NCHW, BN folded)")  # not by default
+MODELS = ("FCOS", PLAIN_FCOS, *ONE_SPEEDUP_FCOS, "FCOS-RPN Faster R-CNN", *BASELINES)
 
 
 def d2_model_zoo_file(name: str) -> str:
@@ -66,13 +71,18 @@ def model_configs(device: str) -> Dict[str, object]:
         cfg.MODEL.RESNETS.NORM = "BN"
         return cfg
 
-    fcos = os.path.join(ROOT, "configs/COCO-Detection/FCOS_R_50_1x.yaml")
-    plain_fcos = make(fcos)  # without fcos_d2's two inference speed-ups: the same network
-    plain_fcos.MODEL.FCOS.CHANNELS_LAST = False
-    plain_fcos.MODEL.FCOS.FOLD_BN_AT_TEST = False
+    def fcos(channels_last: bool = True, fold_bn: bool = True):
+        # The same network with or without fcos_d2's two inference speed-ups.
+        cfg = make(os.path.join(ROOT, "configs/COCO-Detection/FCOS_R_50_1x.yaml"))
+        cfg.MODEL.FCOS.CHANNELS_LAST = channels_last
+        cfg.MODEL.FCOS.FOLD_BN_AT_TEST = fold_bn
+        return cfg
+
     return {
-        "FCOS": make(fcos),
-        PLAIN_FCOS: plain_fcos,
+        "FCOS": fcos(),
+        PLAIN_FCOS: fcos(channels_last=False, fold_bn=False),
+        ONE_SPEEDUP_FCOS[0]: fcos(fold_bn=False),
+        ONE_SPEEDUP_FCOS[1]: fcos(channels_last=False),
         "FCOS-RPN Faster R-CNN": make(
             os.path.join(ROOT, "configs/FCOS-RPN/faster_rcnn_R_50_FPN_1x.yaml")
         ),
@@ -185,14 +195,19 @@ def peak_memory_mb(device: str) -> float:
     return float("nan")
 
 
-def conv_peak_flops(device: str, amp: bool) -> float:
-    """fvcore-counted FLOP/s of a plain 256->256 3x3 convolution on a 1x256x128x128 map."""
+def conv_peak_flops(device: str, amp: bool) -> Dict[str, float]:
+    """fvcore-counted FLOP/s of a plain 256->256 3x3 convolution on a 1x256x128x128 map,
+    in each memory format ("NCHW", "NHWC"): the machine's reachable rate is the faster."""
     conv = torch.nn.Conv2d(256, 256, 3, padding=1).to(device)
     x = torch.randn(1, 256, 128, 128, device=device)
     flops = 256 * 256 * 9 * 128 * 128  # fvcore counts one multiply-add as one flop
-    with torch.no_grad(), torch.autocast(device.split(":")[0], enabled=amp):
-        seconds, _ = median_time(lambda: conv(x), repeats=5, warmup=2, device=device)
-    return flops / seconds
+    rates = {}
+    for name, fmt in (("NCHW", torch.contiguous_format), ("NHWC", torch.channels_last)):
+        conv_f, x_f = conv.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+        with torch.no_grad(), torch.autocast(device.split(":")[0], enabled=amp):
+            seconds, _ = median_time(lambda: conv_f(x_f), repeats=5, warmup=2, device=device)
+        rates[name] = flops / seconds
+    return rates
 
 
 def log(msg: str):
@@ -268,38 +283,42 @@ def bench_training(name: str, model: torch.nn.Module, args) -> Dict[str, float]:
     }
 
 
-def format_table(rows: Dict[str, Dict[str, float]], args, conv_rate: float) -> str:
+def format_table(
+    rows: Dict[str, Dict[str, float]], args, conv_rates: Dict[str, float]
+) -> str:
     sizes = [f"{h}x{w}" for h, w in args.infer_sizes]
-    cols = [f"infer_{s}_ms" for s in sizes] + ["train_ms", "train_peak_mb", "gflops", "gflops_per_s"]
+    train_cols = [] if args.skip_training else ["train_ms", "train_peak_mb"]
+    cols = [f"infer_{s}_ms" for s in sizes] + train_cols + ["gflops", "gflops_per_s"]
     head = "| model | " + " | ".join(cols) + " | FCOS parts |"
     lines = [head, "|" + "---|" * (len(cols) + 2)]
     for name, row in rows.items():
-        parts = ""
-        if name == "FCOS" and row.get("train_ms"):
-            parts = (
-                f"targets+losses {row['targets_losses_ms']:.1f} ms "
-                f"({100 * row['targets_losses_ms'] / row['train_ms']:.1f}% of step); "
-                + "; ".join(
-                    f"post-proc {s} {row[f'post_{s}_ms']:.1f} ms "
-                    f"({100 * row[f'post_{s}_ms'] / row[f'infer_{s}_ms']:.1f}%)"
-                    for s in sizes
+        parts = []
+        if name == "FCOS":
+            if train_cols:
+                parts.append(
+                    f"targets+losses {row['targets_losses_ms']:.1f} ms "
+                    f"({100 * row['targets_losses_ms'] / row['train_ms']:.1f}% of step)"
                 )
-            )
-        lines.append(
-            f"| {name} | " + " | ".join(f"{row[c]:.1f}" for c in cols) + f" | {parts} |"
-        )
+            parts += [
+                f"post-proc {s} {row[f'post_{s}_ms']:.1f} ms "
+                f"({100 * row[f'post_{s}_ms'] / row[f'infer_{s}_ms']:.1f}%)"
+                for s in sizes
+            ]
+        values = " | ".join(f"{row[c]:.1f}" for c in cols)
+        lines.append(f"| {name} | {values} | {'; '.join(parts)} |")
     lines.append("")
     lines.append(
-        f"Plain 3x3 conv (256->256, 128x128) reaches {conv_rate / 1e9:.1f} GFLOP/s "
-        "(fvcore convention: one multiply-add = one flop)."
+        "Plain 3x3 conv (256->256, 128x128) reaches "
+        + ", ".join(f"{rate / 1e9:.1f} GFLOP/s in {fmt}" for fmt, rate in conv_rates.items())
+        + " (fvcore convention: one multiply-add = one flop)."
     )
     lines.append("")
-    ratio_cols = [f"infer_{s}_ms" for s in sizes] + ["train_ms", "train_peak_mb"]
+    ratio_cols = [f"infer_{s}_ms" for s in sizes] + train_cols
     lines.append("| ratio | " + " | ".join(ratio_cols) + " |")
     lines.append("|" + "---|" * (len(ratio_cols) + 1))
-    for name in ("FCOS", PLAIN_FCOS, "FCOS-RPN Faster R-CNN"):
+    for name in rows:
         for base in BASELINES:
-            if name not in rows or base not in rows:
+            if name in BASELINES or base not in rows:
                 continue
             vals = " | ".join(f"{rows[name][c] / rows[base][c]:.2f}" for c in ratio_cols)
             lines.append(f"| {name} / {base} | {vals} |")
@@ -320,11 +339,15 @@ def main(argv: List[str] = None):
     parser.add_argument("--train-batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--models", nargs="+", default=None, help="subset of the model names")
+    parser.add_argument(
+        "--models", nargs="+", default=None, choices=MODELS,
+        help="which models (default: all but the two one-speed-up FCOS variants)",
+    )
+    parser.add_argument("--skip-training", action="store_true", help="inference only")
     args = parser.parse_args(argv)
 
     configs = model_configs(args.device)
-    names = args.models or list(configs)
+    names = args.models or [name for name in configs if name not in ONE_SPEEDUP_FCOS]
     models = {}
     for name in names:
         torch.manual_seed(0)
@@ -332,18 +355,18 @@ def main(argv: List[str] = None):
     log(f"[1/2] inference, {len(names)} models in turn")
     rows = bench_inference(models, args)
     del models  # one model at a time in memory for the training steps' peak memory
-    for i, name in enumerate(names, 1):
+    for i, name in enumerate([] if args.skip_training else names, 1):
         log(f"[2/2] training step {i}/{len(names)}: {name}")
         torch.manual_seed(0)
         rows[name].update(bench_training(name, build_model(configs[name]), args))
         log(f"  [{name}] " + ", ".join(f"{k}={v:.1f}" for k, v in rows[name].items()))
     log("plain convolution rate")
-    conv_rate = conv_peak_flops(args.device, args.amp)
+    conv_rates = conv_peak_flops(args.device, args.amp)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else (
         f"CPU, {torch.get_num_threads()} threads"
     )
     print(f"device: {device_name}; amp: {args.amp}; torch {torch.__version__}")
-    print(format_table(rows, args, conv_rate))
+    print(format_table(rows, args, conv_rates))
 
 
 if __name__ == "__main__":

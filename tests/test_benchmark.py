@@ -1,0 +1,71 @@
+"""benchmarks/benchmark.py: the table it prints (ratios, FCOS shares) and its model list.
+
+No timing is asserted here: speed is measured by running the benchmark itself.
+"""
+import argparse
+
+from conftest import load_script
+
+benchmark = load_script("benchmarks/benchmark.py")
+
+
+def _args(skip_training: bool):
+    return argparse.Namespace(infer_sizes=[(800, 1216)], skip_training=skip_training)
+
+
+def _rows():
+    fcos = {
+        "infer_800x1216_ms": 700.0, "post_800x1216_ms": 7.0, "train_ms": 2000.0,
+        "train_peak_mb": 1500.0, "targets_losses_ms": 50.0, "gflops": 190.0,
+        "gflops_per_s": 271.4,
+    }
+    base = {
+        "infer_800x1216_ms": 1000.0, "post_800x1216_ms": 0.0, "train_ms": 4000.0,
+        "train_peak_mb": 3000.0, "targets_losses_ms": 0.0, "gflops": 178.0,
+        "gflops_per_s": 178.0,
+    }
+    return {"FCOS": fcos, "Faster R-CNN (D2)": base}
+
+
+def test_table_ratios_and_fcos_shares():
+    text = benchmark.format_table(_rows(), _args(False), {"NCHW": 1.5e11, "NHWC": 2.0e11})
+    lines = text.splitlines()
+    # FCOS / baseline for inference, training step and peak memory: 700/1000, 2000/4000...
+    assert "| FCOS / Faster R-CNN (D2) | 0.70 | 0.50 | 0.50 |" in lines
+    # no baseline / baseline row
+    assert not any(line.startswith("| Faster R-CNN (D2) / ") for line in lines)
+    fcos_row = next(line for line in lines if line.startswith("| FCOS | "))
+    assert "targets+losses 50.0 ms (2.5% of step)" in fcos_row
+    assert "post-proc 800x1216 7.0 ms (1.0%)" in fcos_row
+    assert "150.0 GFLOP/s in NCHW, 200.0 GFLOP/s in NHWC" in text
+
+
+def test_table_without_training_columns():
+    rows = _rows()
+    for row in rows.values():  # what an inference-only run measures
+        for key in ("train_ms", "train_peak_mb", "targets_losses_ms"):
+            del row[key]
+    text = benchmark.format_table(rows, _args(True), {"NCHW": 1e11, "NHWC": 1e11})
+    assert "train_ms" not in text
+    assert "| FCOS / Faster R-CNN (D2) | 0.70 |" in text.splitlines()
+    assert "targets+losses" not in text
+
+
+def test_model_list_and_fcos_variants():
+    configs = benchmark.model_configs("cpu")
+    assert tuple(configs) == tuple(
+        name for name in benchmark.MODELS if name in configs
+    ) and set(configs) == set(benchmark.MODELS)
+    speedups = {
+        name: (cfg.MODEL.FCOS.CHANNELS_LAST, cfg.MODEL.FCOS.FOLD_BN_AT_TEST)
+        for name, cfg in configs.items()
+        if name.startswith("FCOS") and cfg.MODEL.META_ARCHITECTURE == "FCOS"
+    }
+    assert speedups == {
+        "FCOS": (True, True),
+        "FCOS (NCHW, BN not folded)": (False, False),
+        "FCOS (NHWC, BN not folded)": (True, False),
+        "FCOS (NCHW, BN folded)": (False, True),
+    }
+    for cfg in configs.values():  # same backbone for every detector
+        assert cfg.MODEL.RESNETS.DEPTH == 50 and cfg.MODEL.WEIGHTS == ""
