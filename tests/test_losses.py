@@ -112,3 +112,32 @@ def test_targets_off_the_positives_do_not_matter(loc_loss_type, box_quality):
         torch.testing.assert_close(dirty_grad, clean_grad)
     # only the positive location's box and quality receive gradient
     assert grads[1][1][0, 1:].abs().sum() == 0 and grads[1][2][0, 1:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("loc_loss_type", ["iou", "linear_iou", "giou", "smooth_l1"])
+@pytest.mark.parametrize("box_quality", ["ctrness", "iou"])
+def test_predictions_off_the_positives_do_not_matter(loc_loss_type, box_quality):
+    """Box predictions at background/ignored locations -- even inf (an exp head that
+    overflowed) or NaN -- change no loss and get no gradient."""
+    losses = FCOSLosses(num_classes=2, loc_loss_type=loc_loss_type, box_quality=box_quality)
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(1, 3, 2, generator=gen)
+    ctr = torch.randn(1, 3, generator=gen)
+    labels = torch.tensor([[1, 2, -1]])
+    reg = torch.tensor([[[1.0, 2.0, 3.0, 1.5], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])
+    clean = torch.rand(1, 3, 4, generator=gen) * 3
+    dirty = clean.clone()
+    dirty[0, 1] = torch.tensor([float("inf"), 0.0, 1.0, float("inf")])
+    dirty[0, 2] = torch.tensor([float("nan"), 2.0, 0.0, 1.0])
+    outs, box_grads = [], []
+    for box in (clean, dirty):
+        box = box.clone().requires_grad_()
+        out = losses(logits, box, ctr, labels, reg)
+        sum(out.values()).backward()
+        outs.append(out)
+        box_grads.append(box.grad)
+    for key in outs[0]:
+        assert torch.isfinite(outs[1][key])
+        assert outs[1][key].item() == pytest.approx(outs[0][key].item())
+    torch.testing.assert_close(box_grads[1], box_grads[0])
+    assert box_grads[1][0, 1:].abs().sum() == 0 and box_grads[1][0, 0].abs().sum() > 0

@@ -159,12 +159,14 @@ class FCOSLosses(nn.Module):
         )
         loss_cls = (focal.sum(dim=-1) * valid).sum() / self.cls_normalization(num_pos, valid)
 
-        # Targets off the positives are replaced by a unit box, so that every term stays
-        # finite (a NaN times a zero weight would still poison the gradient).
-        targets = torch.where(positive[..., None], reg_targets.float(), torch.ones_like(reg_targets))
-        ctr_targets = centerness_targets(targets.reshape(-1, 4)) * pos_weight.reshape(-1)
+        # Predictions and targets off the positives are replaced by a unit box, so that
+        # every term stays finite (a NaN or inf times a zero weight would still poison the
+        # loss and the gradient) and no gradient reaches the non-positive predictions.
+        unit_box = torch.ones_like(box_dists)
+        targets = torch.where(positive[..., None], reg_targets.float(), unit_box).reshape(-1, 4)
+        dists = torch.where(positive[..., None], box_dists, unit_box).reshape(-1, 4)
+        ctr_targets = centerness_targets(targets) * pos_weight.reshape(-1)
         ctr_norm = mean_over_workers(ctr_targets.sum()).clamp(min=1e-6)
-        dists, targets = box_dists.reshape(-1, 4), targets.reshape(-1, 4)
         if self.loc_loss_type == "smooth_l1":
             loc = smooth_l1_loss(dists, targets, beta=1.0 / 9, reduction="none").sum(1)
         else:
