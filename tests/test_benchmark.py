@@ -15,7 +15,8 @@ def _args(skip_training: bool):
 
 def _rows():
     fcos = {
-        "infer_800x1216_ms": 700.0, "post_800x1216_ms": 7.0, "train_ms": 2000.0,
+        "infer_800x1216_ms": 700.0, "post_800x1216_ms": 7.0, "post_full_800x1216_ms": 35.0,
+        "train_ms": 2000.0,
         "train_peak_mb": 1500.0, "targets_losses_ms": 50.0, "gflops": 190.0,
         "gflops_per_s": 271.4,
     }
@@ -36,7 +37,7 @@ def test_table_ratios_and_fcos_shares():
     assert not any(line.startswith("| Faster R-CNN (D2) / ") for line in lines)
     fcos_row = next(line for line in lines if line.startswith("| FCOS | "))
     assert "targets+losses 50.0 ms (2.5% of step)" in fcos_row
-    assert "post-proc 800x1216 7.0 ms (1.0%)" in fcos_row
+    assert "post-proc 800x1216 7.0 ms (1.0%), every score passing 35.0 ms (5.0%)" in fcos_row
     assert "150.0 GFLOP/s in NCHW, 200.0 GFLOP/s in NHWC" in text
 
 
@@ -49,6 +50,38 @@ def test_table_without_training_columns():
     assert "train_ms" not in text
     assert "| FCOS / Faster R-CNN (D2) | 0.70 |" in text.splitlines()
     assert "targets+losses" not in text
+
+
+def test_saturated_postprocessing_fills_every_level():
+    """The worst-case post-processing timing really runs with pre-NMS top-k full."""
+    import torch
+    from detectron2.modeling import build_model
+    from conftest import tiny_cfg
+    from fcos_d2.modeling.inference import FCOSPostProcessor
+
+    cfg = tiny_cfg()
+    cfg.MODEL.FCOS.PRE_NMS_TOPK_TEST = 7
+    model = build_model(cfg).eval()
+    inputs = [{"image": torch.rand(3, 64, 96) * 255}]
+    kept = []
+    select = FCOSPostProcessor.select_level
+
+    def counting(post, *call_args):
+        out = select(post, *call_args)
+        kept.append(len(out[1]))
+        return out
+
+    FCOSPostProcessor.select_level = counting
+    try:
+        args = argparse.Namespace(repeats=1, warmup=0, device="cpu")
+        seconds = benchmark.saturated_postprocess_time(model, inputs, args)
+    finally:
+        FCOSPostProcessor.select_level = select
+    assert seconds > 0
+    # the model's own forward, then the timed call: 5 levels each. Saturated, a level
+    # keeps min(PRE_NMS_TOPK_TEST, locations x 3 classes): on 64x96, P3-P7 have 8x12,
+    # 4x6, 2x3, 1x2 and 1x1 locations
+    assert len(kept) == 10 and kept[5:] == [7, 7, 7, 6, 3]
 
 
 def test_model_list_and_fcos_variants():

@@ -84,3 +84,34 @@ def test_detections_rescaled_to_the_original_image_size():
     out = FCOS.postprocess_to_original(results, inputs, [(16, 16)])[0]["instances"]
     assert out.image_size == (32, 64)
     assert out.pred_boxes.tensor.tolist() == [[0, 0, 32, 16]]  # (0, 0, 8, 8) * (4, 2)
+
+
+@pytest.mark.parametrize("thresh_with_ctr", [False, True])
+@pytest.mark.parametrize("pre_nms_topk", [3, 20, 1000])
+def test_select_level_equals_brute_force(thresh_with_ctr, pre_nms_topk):
+    """Whether few pairs pass the threshold (gathered) or more than pre_nms_topk (one dense
+    top-k), a level yields the pairs a plain sort of all passing scores gives."""
+    gen = torch.Generator().manual_seed(3)
+    R, K, stride, thresh = 30, 4, 8, 0.3
+    points = compute_locations(5, 6, stride)
+    logits = torch.randn(R, K, generator=gen) * 2
+    ctrness = torch.randn(R, generator=gen)
+    dists = torch.rand(R, 4, generator=gen) * 3
+    post = FCOSPostProcessor(
+        score_thresh=thresh, pre_nms_topk=pre_nms_topk, thresh_with_ctr=thresh_with_ctr
+    )
+    boxes, scores, classes = post.select_level(points, stride, logits, dists, ctrness)
+
+    prob = logits.sigmoid() * ctrness.sigmoid()[:, None]
+    passing = (prob if thresh_with_ctr else logits.sigmoid()) > thresh
+    expected = sorted(
+        ((prob[r, k].item(), r, k) for r, k in passing.nonzero().tolist()), reverse=True
+    )[:pre_nms_topk]
+    assert 20 < passing.sum() < 1000  # both paths are taken across the parameters
+    got = sorted(zip(scores.tolist(), boxes.tolist(), classes.tolist()), reverse=True)
+    assert len(got) == len(expected)
+    for (score, box, cls), (p, r, k) in zip(got, expected):
+        assert score == pytest.approx(math.sqrt(p), rel=1e-6) and cls == k
+        x, y = points[r].tolist()
+        l, t, rr, b = (dists[r] * stride).tolist()
+        assert box == pytest.approx([x - l, y - t, x + rr, y + b])

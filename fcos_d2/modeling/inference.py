@@ -101,24 +101,34 @@ class FCOSPostProcessor:
     def select_level(
         self, points: Tensor, stride: int, logits: Tensor, dists: Tensor, ctrness: Tensor
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        """Thresholded top-k candidates of one level of one image: boxes, scores, classes."""
+        """Thresholded top-k candidates of one level of one image: boxes, scores, classes.
+
+        Few (location, class) pairs pass the threshold in a trained model: those are
+        gathered and only their sigmoids taken. When more than ``pre_nms_topk`` pass, one
+        dense top-k over the whole (R, K) score map is cheaper than gathering them all.
+        """
         ctr_prob = ctrness.sigmoid()  # (R,)
         if self.thresh_with_ctr:
-            combined = logits.sigmoid() * ctr_prob[:, None]  # (R, K)
-            candidates = (combined > self.score_thresh).nonzero()  # (M, 2): location, class
-            scores = combined[candidates[:, 0], candidates[:, 1]]
+            dense = logits.sigmoid() * ctr_prob[:, None]  # (R, K) cls * ctr
+            passing = dense > self.score_thresh
         else:
-            # sigmoid(x) > t  <=>  x > logit(t): threshold the logits, and take the sigmoid
-            # of the survivors only.
-            candidates = (logits > _logit(self.score_thresh)).nonzero()  # (M, 2)
-            scores = logits[candidates[:, 0], candidates[:, 1]].sigmoid()
-            scores = scores * ctr_prob[candidates[:, 0]]
-        if len(scores) > self.pre_nms_topk:
-            scores, top = scores.topk(self.pre_nms_topk)
-            candidates = candidates[top]
+            # sigmoid(x) > t  <=>  x > logit(t): threshold the logits, no sigmoid needed
+            dense = None
+            passing = logits > _logit(self.score_thresh)
+        if int(passing.count_nonzero()) > self.pre_nms_topk:
+            if dense is None:
+                dense = logits.sigmoid() * ctr_prob[:, None]
+            # every one of the top k passes: passing scores are >= 0 > the -1 fill
+            scores, flat = torch.where(passing, dense, -1.0).flatten().topk(self.pre_nms_topk)
+            loc_idx, classes = flat // logits.shape[1], flat % logits.shape[1]
+        else:
+            loc_idx, classes = passing.nonzero().unbind(1)  # (M,) each
+            if dense is not None:
+                scores = dense[loc_idx, classes]
+            else:
+                scores = logits[loc_idx, classes].sigmoid() * ctr_prob[loc_idx]
         if self.score_sqrt:
             scores = torch.sqrt(scores)
-        loc_idx, classes = candidates[:, 0], candidates[:, 1]
         stride_t = dists.new_full((len(loc_idx),), float(stride))
         boxes = decode_boxes(points[loc_idx], dists[loc_idx].to(points.dtype), stride_t)
         return boxes, scores, classes
