@@ -86,9 +86,7 @@ def test_saturated_postprocessing_fills_every_level():
 
 def test_model_list_and_fcos_variants():
     configs = benchmark.model_configs("cpu")
-    assert tuple(configs) == tuple(
-        name for name in benchmark.MODELS if name in configs
-    ) and set(configs) == set(benchmark.MODELS)
+    assert set(configs) == set(benchmark.MODELS)  # every config can be picked by --models
     speedups = {
         name: (cfg.MODEL.FCOS.CHANNELS_LAST, cfg.MODEL.FCOS.FOLD_BN_AT_TEST)
         for name, cfg in configs.items()
