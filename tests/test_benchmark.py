@@ -4,7 +4,11 @@ No timing is asserted here: speed is measured by running the benchmark itself.
 """
 import argparse
 
-from conftest import load_script
+import torch
+from detectron2.modeling import build_model
+
+from conftest import load_script, tiny_cfg
+from fcos_d2.modeling.inference import FCOSPostProcessor
 
 benchmark = load_script("benchmarks/benchmark.py")
 
@@ -16,9 +20,8 @@ def _args(skip_training: bool):
 def _rows():
     fcos = {
         "infer_800x1216_ms": 700.0, "post_800x1216_ms": 7.0, "post_full_800x1216_ms": 35.0,
-        "train_ms": 2000.0,
-        "train_peak_mb": 1500.0, "targets_losses_ms": 50.0, "gflops": 190.0,
-        "gflops_per_s": 271.4,
+        "train_ms": 2000.0, "train_peak_mb": 1500.0, "targets_losses_ms": 50.0,
+        "gflops": 190.0, "gflops_per_s": 271.4,
     }
     base = {
         "infer_800x1216_ms": 1000.0, "post_800x1216_ms": 0.0, "train_ms": 4000.0,
@@ -52,13 +55,8 @@ def test_table_without_training_columns():
     assert "targets+losses" not in text
 
 
-def test_saturated_postprocessing_fills_every_level():
+def test_saturated_postprocessing_fills_every_level(monkeypatch):
     """The worst-case post-processing timing really runs with pre-NMS top-k full."""
-    import torch
-    from detectron2.modeling import build_model
-    from conftest import tiny_cfg
-    from fcos_d2.modeling.inference import FCOSPostProcessor
-
     cfg = tiny_cfg()
     cfg.MODEL.FCOS.PRE_NMS_TOPK_TEST = 7
     model = build_model(cfg).eval()
@@ -71,12 +69,9 @@ def test_saturated_postprocessing_fills_every_level():
         kept.append(len(out[1]))
         return out
 
-    FCOSPostProcessor.select_level = counting
-    try:
-        args = argparse.Namespace(repeats=1, warmup=0, device="cpu")
-        seconds = benchmark.saturated_postprocess_time(model, inputs, args)
-    finally:
-        FCOSPostProcessor.select_level = select
+    monkeypatch.setattr(FCOSPostProcessor, "select_level", counting)
+    args = argparse.Namespace(repeats=1, warmup=0, device="cpu")
+    seconds = benchmark.saturated_postprocess_time(model, inputs, args)
     assert seconds > 0
     # the model's own forward, then the timed call: 5 levels each. Saturated, a level
     # keeps min(PRE_NMS_TOPK_TEST, locations x 3 classes): on 64x96, P3-P7 have 8x12,
