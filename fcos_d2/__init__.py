@@ -13,11 +13,11 @@ from . import compat
 
 compat.apply()
 
-from .config import add_fcos_config  # noqa: E402
+from .config import add_fcos_config, setup_cfg  # noqa: E402
 from . import modeling  # noqa: E402,F401  (registers the modules)
 from .data import register_demo_datasets  # noqa: E402
 
 register_demo_datasets()
 
 __version__ = "0.1.0"
-__all__ = ["add_fcos_config", "register_demo_datasets"]
+__all__ = ["add_fcos_config", "register_demo_datasets", "setup_cfg"]

@@ -1,3 +1,4 @@
 from .defaults import add_fcos_config
+from .setup import setup_cfg
 
-__all__ = ["add_fcos_config"]
+__all__ = ["add_fcos_config", "setup_cfg"]
