@@ -23,17 +23,14 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import cv2
 import numpy as np
-import torch
 import tqdm
 
-import fcos_d2  # noqa: F401  (Detectron2 compatibility layer, registries)
-from detectron2.config import get_cfg
+import fcos_d2  # Detectron2 compatibility layer, registries, setup_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from fcos_d2 import add_fcos_config
 from fcos_d2.data.mapper import read_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -53,12 +50,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def setup_cfg(args: argparse.Namespace):
-    cfg = get_cfg()
-    add_fcos_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    cfg = fcos_d2.setup_cfg(args.config_file, args.opts, freeze=False)
     # Let the models' own thresholds pass every detection the final threshold t keeps:
     # an R-CNN's score is its class probability; an FCOS score sqrt(cls * ctr) >= t needs
     # cls >= t^2 (cls >= t for cls * ctr), and FCOS thresholds cls first.

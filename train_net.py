@@ -6,26 +6,16 @@
     python train_net.py --config-file CFG --resume          # continue a killed run
     python train_net.py --config-file CFG --num-gpus 2      # 2 processes (gloo on CPU)
 """
-import torch
-
-import fcos_d2  # noqa: F401  (registers FCOS modules and the demo datasets)
+import fcos_d2  # registers FCOS modules and the demo datasets
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, hooks
 
-from fcos_d2 import add_fcos_config
 from fcos_d2.engine import Trainer, launch
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_fcos_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        print(f"CUDA is not available: running on CPU instead of MODEL.DEVICE={cfg.MODEL.DEVICE}")
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
+    """The frozen config of the command line, with Detectron2's logging and output folder."""
+    cfg = fcos_d2.setup_cfg(args.config_file, args.opts)
     default_setup(cfg, args)
     return cfg
 

@@ -2,19 +2,14 @@
 import pytest
 import torch
 
-import fcos_d2  # noqa: F401  (registers modules)
-from detectron2.config import get_cfg
+import fcos_d2  # registers modules; setup_cfg
 from detectron2.structures import Boxes, Instances
-
-from fcos_d2 import add_fcos_config
 
 
 def tiny_cfg(two_stage: bool = False, num_classes: int = 3):
     """A small ResNet-18 FCOS (or FCOS-RPN Faster R-CNN) config that runs fast on CPU."""
-    cfg = get_cfg()
-    add_fcos_config(cfg)
     base = "configs/FCOS-RPN/faster_rcnn_R_50_FPN_1x.yaml" if two_stage else "configs/Base-FCOS.yaml"
-    cfg.merge_from_file(base)
+    cfg = fcos_d2.setup_cfg(base, freeze=False)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.RESNETS.DEPTH = 18

@@ -18,7 +18,6 @@ markdown table:
 """
 import argparse
 import math
-import os
 import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -26,16 +25,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import fcos_d2  # registers the datasets; setup_cfg
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog
+from detectron2.data.transforms import ResizeShortestEdge
+from detectron2.structures import BoxMode
 
-import fcos_d2  # noqa: E402,F401  (registers the datasets)
-from detectron2.config import CfgNode, get_cfg  # noqa: E402
-from detectron2.data import DatasetCatalog  # noqa: E402
-from detectron2.data.transforms import ResizeShortestEdge  # noqa: E402
-from detectron2.structures import BoxMode  # noqa: E402
-
-from fcos_d2 import add_fcos_config  # noqa: E402
-from fcos_d2.modeling.targets import FCOSTargetAssigner, compute_locations  # noqa: E402
+from fcos_d2.modeling.targets import FCOSTargetAssigner, compute_locations
 
 
 @dataclass
@@ -191,14 +187,6 @@ def format_table(results: Dict[Tuple[str, bool], Counts]) -> str:
     return "\n".join(lines)
 
 
-def load_cfg(config_file: str, opts: List[str]) -> CfgNode:
-    cfg = get_cfg()
-    add_fcos_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    return cfg
-
-
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, help="a registered dataset name")
@@ -214,7 +202,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> str:
     args = parse_args(argv)
-    cfg = load_cfg(args.config_file, args.opts)
+    cfg = fcos_d2.setup_cfg(args.config_file, args.opts)
     records = DatasetCatalog.get(args.dataset)
     if args.max_images:
         records = records[: args.max_images]

@@ -13,20 +13,15 @@ two proposal generators and box AP of all three, as a markdown table:
 import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import fcos_d2
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+from detectron2.modeling import build_model
+from detectron2.utils.logger import setup_logger
 
-import fcos_d2  # noqa: E402,F401
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.evaluation import COCOEvaluator, inference_on_dataset  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
-from fcos_d2 import add_fcos_config  # noqa: E402
-from fcos_d2.engine import Trainer  # noqa: E402
+from fcos_d2.engine import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = {
@@ -37,14 +32,11 @@ MODELS = {
 
 
 def load_cfg(path: str, opts, output_root: str = None):
-    cfg = get_cfg()
-    add_fcos_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, path))
-    cfg.merge_from_list(opts)
+    opts = list(opts)
     if output_root:
-        cfg.OUTPUT_DIR = os.path.join(output_root, os.path.splitext(os.path.basename(path))[0])
-    cfg.MODEL.DEVICE = "cpu" if not __import__("torch").cuda.is_available() else cfg.MODEL.DEVICE
-    return cfg
+        name = os.path.splitext(os.path.basename(path))[0]
+        opts += ["OUTPUT_DIR", os.path.join(output_root, name)]
+    return fcos_d2.setup_cfg(os.path.join(ROOT, path), opts)
 
 
 def train(cfg, reuse: bool) -> str:
