@@ -3,15 +3,16 @@
 Importing the package registers, in Detectron2's registries:
 
 * ``META_ARCH_REGISTRY["FCOS"]`` -- the one-stage detector;
-* ``BACKBONE_REGISTRY["build_fcos_resnet_fpn_backbone"]`` -- ResNet + FPN with P3-P7;
-* the embedded demo datasets ``fcos_demo_train`` / ``fcos_demo_val``.
+* ``PROPOSAL_GENERATOR_REGISTRY["FCOS"]`` -- FCOS proposals for a two-stage detector;
+* its backbones in ``BACKBONE_REGISTRY`` (``build_fcos_resnet_fpn_backbone``, ...);
+* the demo datasets ``fcos_demo_*`` in ``DatasetCatalog``.
 
-On a pure-Python Detectron2 (no compiled ``detectron2._C``) a small compatibility layer
-is applied first; on a full Detectron2 build it does nothing.
+It changes nothing else: no library is patched at import time, so ``detectron2`` may be
+imported before or after ``fcos_d2`` (see :mod:`fcos_d2.compat`).
 """
-from . import compat
+from .compat import check_detectron2
 
-compat.apply()
+check_detectron2()
 
 from .config import add_fcos_config, setup_cfg  # noqa: E402
 from . import modeling  # noqa: E402,F401  (registers the modules)

@@ -2,12 +2,14 @@
 # Set up the Python environment of fcos_d2:
 #   1. create the virtual environment .venv (python3 -m venv) if it is missing,
 #   2. pip install -r requirements.txt,
-#   3. install a pure-Python Detectron2 v0.6 (tools/install_detectron2.py; an existing
-#      Detectron2 is left alone),
+#   3. install a pure-Python Detectron2 v0.6 with fcos_d2's reviewed fixes
+#      (tools/install_detectron2.py and tools/detectron2_pure_python/; a compiled Detectron2
+#      is left alone, an older install of this script is replaced),
 #   4. pip install -e . (fcos_d2 itself, editable).
 #
 # Idempotent.  A second run is fast: steps 2-4 are skipped while a stamp file matches the
-# sha256 of requirements.txt (and of setup.py / tools/install_detectron2.py) and the
+# sha256 of requirements.txt (and of setup.py, tools/install_detectron2.py and
+# tools/detectron2_pure_python/*) and the
 # packages are still found.
 #
 # Environment:
@@ -45,7 +47,7 @@ else
 fi
 
 # What the stamp records: the inputs of steps 2-4, and where fcos_d2 is installed from.
-inputs=(requirements.txt tools/install_detectron2.py)
+inputs=(requirements.txt tools/install_detectron2.py tools/detectron2_pure_python/*)
 for f in setup.py setup.cfg pyproject.toml; do
     [[ -f "$f" ]] && inputs+=("$f")
 done
@@ -56,7 +58,7 @@ installed_ok() {
     (cd / && "$PY" - "$ROOT" <<'EOF'
 import importlib.util, os, sys
 root = sys.argv[1]
-for name in ("torch", "torchvision", "detectron2", "fvcore", "pycocotools", "pytest"):
+for name in ("torch", "torchvision", "detectron2", "detectron2._C", "fvcore", "pycocotools", "pytest"):
     if importlib.util.find_spec(name) is None:
         sys.exit(1)
 if os.path.exists(os.path.join(root, "setup.py")) or os.path.exists(os.path.join(root, "pyproject.toml")):

@@ -1,23 +1,22 @@
-"""fcos_d2.compat: Detectron2 v0.6 without compiled ops, on current torch/numpy/Pillow."""
+"""The Detectron2 fcos_d2 runs on: the pure-Python v0.6 of tools/install_detectron2.py (its
+install-time fixes, one test each) or a compiled build; the CPU multi-process launch."""
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import fcos_d2  # noqa: F401  (applies the compatibility layer first)
+from conftest import load_script
 from fcos_d2 import compat
+from fcos_d2.engine.trainer import create_ddp_model
 from fcos_d2.engine.launch import launch
 
-from detectron2.layers import DeformConv, ModulatedDeformConv  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-needs_stub = pytest.mark.skipif(
-    compat.compiled_ops_available(), reason="a compiled detectron2._C is installed"
+pure_python_only = pytest.mark.skipif(
+    not compat.pure_python_detectron2(),
+    reason="tests the pure-Python Detectron2 of tools/install_detectron2.py; the installed "
+    "one is a compiled build",
 )
 
 
@@ -25,11 +24,91 @@ def _out_hw(size, k, stride, padding, dilation):
     return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
 
 
+# ---------------------------------------------------------------------------------------
+# tools/install_detectron2.py: the patch and its applier
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def installer():
+    return load_script("tools/install_detectron2.py")
+
+
+_DIFF = textwrap.dedent(
+    """\
+    A description, ignored.
+    --- a/pkg/mod.py
+    +++ b/pkg/mod.py
+    @@ -1,3 +1,3 @@
+     one
+    -two
+    +TWO
+     three
+    @@ -6,2 +6,3 @@
+     six
+    +six and a half
+     seven
+    """
+)
+
+
+def test_unified_diff_applier_applies_hunks_in_order(installer, tmp_path):
+    (tmp_path / "pkg").mkdir()
+    words = ["one", "two", "three", "four", "five", "six", "seven"]
+    (tmp_path / "pkg" / "mod.py").write_text("\n".join(words) + "\n")
+    installer.apply_unified_diff(_DIFF, str(tmp_path))
+    assert (tmp_path / "pkg" / "mod.py").read_text().splitlines() == [
+        "one", "TWO", "three", "four", "five", "six", "six and a half", "seven",
+    ]  # fmt: skip
+
+
+def test_unified_diff_applier_refuses_a_mismatch(installer, tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text("one\nzwei\nthree\nfour\nfive\nsix\nseven\n")
+    with pytest.raises(SystemExit, match=r"pkg/mod.py, hunk at line 1 does not match"):
+        installer.apply_unified_diff(_DIFF, str(tmp_path))
+
+
+def test_patch_lists_the_reviewed_files(installer):
+    with open(installer.PATCH_FILE) as f:
+        files = [path for path, _ in installer.parse_unified_diff(f.read())]
+    assert files == [
+        "detectron2/data/build.py",
+        "detectron2/data/datasets/pascal_voc.py",
+        "detectron2/data/transforms/transform.py",
+        "detectron2/evaluation/coco_evaluation.py",
+        "detectron2/evaluation/pascal_voc_evaluation.py",
+        "detectron2/evaluation/sem_seg_evaluation.py",
+        "detectron2/layers/deform_conv.py",
+        "detectron2/layers/nms.py",
+        "detectron2/structures/masks.py",
+        "detectron2/utils/comm.py",
+        "detectron2/utils/video_visualizer.py",
+        "detectron2/utils/visualizer.py",
+        "setup.py",
+    ]
+
+
+@pure_python_only
+def test_installed_detectron2_has_the_current_patch(installer):
+    state, info = installer.installed_state()
+    assert state == "current", info
+
+
+# ---------------------------------------------------------------------------------------
+# the fixes (pure-Python Detectron2); where a compiled Detectron2 has the feature, the same
+# test runs there too
+# ---------------------------------------------------------------------------------------
+
+
+@pure_python_only  # the compiled DeformConv has no CPU kernel
 @pytest.mark.parametrize(
     "stride,padding,dilation,groups,deformable_groups",
     [(1, 1, 1, 1, 1), (2, 1, 1, 1, 1), (1, 2, 2, 2, 1), (1, 1, 1, 1, 2)],
 )
 def test_deform_conv_zero_offset_is_conv(stride, padding, dilation, groups, deformable_groups):
+    from detectron2.layers import DeformConv
+
     torch.manual_seed(0)
     m = DeformConv(
         4, 6, 3, stride=stride, padding=padding, dilation=dilation,
@@ -52,7 +131,10 @@ def test_deform_conv_zero_offset_is_conv(stride, padding, dilation, groups, defo
     torch.testing.assert_close(gw, rw, rtol=1e-4, atol=1e-4)
 
 
+@pure_python_only
 def test_deform_conv_integer_offset_samples_shifted_input():
+    from detectron2.layers import DeformConv
+
     torch.manual_seed(1)
     m = DeformConv(3, 5, 3)  # no padding
     x = torch.randn(1, 3, 8, 10)
@@ -63,7 +145,10 @@ def test_deform_conv_integer_offset_samples_shifted_input():
     torch.testing.assert_close(y[..., :-1], ref, rtol=1e-4, atol=1e-4)
 
 
+@pure_python_only
 def test_modulated_deform_conv_zero_offset_unit_mask_is_conv():
+    from detectron2.layers import ModulatedDeformConv
+
     torch.manual_seed(0)
     m = ModulatedDeformConv(4, 6, 3, stride=1, padding=1, bias=True)
     torch.nn.init.normal_(m.bias)
@@ -86,38 +171,18 @@ def test_modulated_deform_conv_zero_offset_unit_mask_is_conv():
     torch.testing.assert_close(y_half, expected, rtol=1e-4, atol=1e-4)
 
 
+@pure_python_only
 def test_deform_conv_checks_group_shapes():
+    from detectron2.layers import DeformConv
+
     m = DeformConv(4, 6, 3, padding=1, deformable_groups=2)
-    with pytest.raises(ValueError, match="offset"):
-        m(torch.randn(1, 4, 5, 5), torch.zeros(1, 18, 5, 5))  # needs 36 offset channels
+    with pytest.raises(ValueError, match="offset has 18 channels, expected .* = 36"):
+        m(torch.randn(1, 4, 5, 5), torch.zeros(1, 18, 5, 5))
 
 
-@needs_stub
-def test_c_stub_deform_entry_points_follow_c_conventions():
-    from detectron2 import _C
-
-    torch.manual_seed(0)
-    x = torch.randn(2, 4, 6, 7)
-    w = torch.randn(5, 4, 3, 3)
-    offset = torch.zeros(2, 18, 6, 7)
-    out = x.new_empty(2, 5, 6, 7)
-    # (input, weight, offset, output, columns, ones, kW, kH, dW, dH, padW, padH, dilW, dilH,
-    #  group, deformable_group, im2col_step)
-    _C.deform_conv_forward(x, w, offset, out, x.new_empty(0), x.new_empty(0),
-                           3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 64)  # fmt: skip
-    torch.testing.assert_close(out, F.conv2d(x, w, padding=1), rtol=1e-4, atol=1e-4)
-
-    go = torch.randn_like(out)
-    gw = torch.zeros_like(w)
-    _C.deform_conv_backward_filter(x, offset, go, gw, x.new_empty(0), x.new_empty(0),
-                                   3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1.0, 64)  # fmt: skip
-    wr = w.clone().requires_grad_(True)
-    (ref_gw,) = torch.autograd.grad(F.conv2d(x, wr, padding=1), wr, go)
-    torch.testing.assert_close(gw, ref_gw, rtol=1e-4, atol=1e-4)
-
-
-@needs_stub
+@pure_python_only
 def test_rotated_ops_raise_a_clear_error():
+    from detectron2 import _C
     from detectron2.layers import ROIAlignRotated, batched_nms_rotated, nms_rotated
     from detectron2.layers.rotated_boxes import pairwise_iou_rotated
     from detectron2.structures import RotatedBoxes, pairwise_iou_rotated as structures_iou
@@ -134,62 +199,51 @@ def test_rotated_ops_raise_a_clear_error():
         ),
     ]
     for call in calls:
-        with pytest.raises(RuntimeError, match="compiled ops .* absent.*Rotated boxes need a compiled"):
+        with pytest.raises(_C.CompiledOpsMissingError, match="compiled ops .* absent.*Rotated boxes need a compiled"):
             call()
-    with pytest.raises(compat.CompiledOpsMissingError):
-        calls[0]()
 
 
-@needs_stub
-def test_collect_env_works_with_the_stub():
+@pure_python_only
+def test_collect_env_works_with_the_pure_python_c_module():
     from detectron2.utils.collect_env import collect_env_info
 
-    info = collect_env_info()
-    assert "pure-Python Detectron2" in info
+    assert "pure-Python Detectron2 installed by fcos_d2" in collect_env_info()
 
 
-def test_coco_evaluation_with_default_fast_impl():
-    """COCOEvaluator's default path (use_fast_impl=True) gives the official numbers."""
-    from pycocotools.coco import COCO
-
-    from detectron2.evaluation.coco_evaluation import _evaluate_predictions_on_coco
-
-    gt = COCO()
-    gt.dataset = {
-        "images": [{"id": 1, "width": 64, "height": 64}, {"id": 2, "width": 64, "height": 64}],
-        "categories": [{"id": 1, "name": "a"}],
-        "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 20], "area": 400,
-             "iscrowd": 0},
-            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [30, 30, 20, 24], "area": 480,
-             "iscrowd": 0},
-        ],
-    }
-    gt.createIndex()
-    dets = [
-        {"image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 20], "score": 0.9},
-        {"image_id": 2, "category_id": 1, "bbox": [30, 30, 20, 24], "score": 0.8},
-    ]
-    coco_eval = _evaluate_predictions_on_coco(gt, dets, "bbox")
-    assert coco_eval.stats[0] == pytest.approx(1.0)  # AP@[.5:.95]
-
-
-def test_class_histogram_uses_numpy_aliases():
-    # Detectron2 v0.6 uses np.int here (removed in numpy 1.24)
+def test_class_histogram_counts_classes():
+    # Detectron2 v0.6 used np.int here (removed in numpy 1.24)
     from detectron2.data.build import print_instances_class_histogram
+    from detectron2.utils.logger import setup_logger
 
-    dicts = [{"annotations": [{"category_id": 0, "iscrowd": 0}, {"category_id": 1, "iscrowd": 0}]}]
-    print_instances_class_histogram(dicts, ["a", "b"])
+    dicts = [{"annotations": [{"category_id": c, "iscrowd": 0} for c in (0, 1, 1)]}]
+    records = []
+
+    class Keep(__import__("logging").Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = setup_logger(name="detectron2.data.build")
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        print_instances_class_histogram(dicts, ["a", "b"])
+    finally:
+        logger.removeHandler(handler)
+    table = "\n".join(records)
+    assert "|     a      | 1 " in table and "|     b      | 2 " in table
 
 
-def test_resize_transform_default_interp():
-    # Detectron2 v0.6 has interp=Image.LINEAR as a default argument (removed in Pillow 10)
+def test_extent_transform_default_interp_is_bilinear():
+    # Detectron2 v0.6 had interp=Image.LINEAR as a default argument (removed in Pillow 10)
     import numpy as np
     from detectron2.data import transforms as T
 
-    img = np.zeros((20, 30, 3), dtype=np.uint8)
-    out = T.ExtentTransform((0, 0, 30, 20), (10, 15)).apply_image(img)
-    assert out.shape == (10, 15, 3)
+    img = np.tile(np.array([0, 100, 200, 250], dtype=np.uint8), (4, 1))[:, :, None]  # (4, 4, 1)
+    out = T.ExtentTransform((0, 0, 4, 4), (4, 2)).apply_image(img)
+    assert out.shape == (4, 2, 1)
+    # output pixel centres fall at x = 1.0 and 3.0 of the input, halfway between input
+    # pixel centres: bilinear gives (0 + 100) / 2 and (200 + 250) / 2 (nearest: 100, 250)
+    assert out[:, :, 0].tolist() == [[50, 225]] * 4
 
 
 def test_coco_evaluator_with_default_args(tmp_path):
@@ -211,84 +265,20 @@ def test_coco_evaluator_with_default_args(tmp_path):
         MetadataCatalog.get(name).set(thing_classes=["thing"])
     evaluator = COCOEvaluator(name, output_dir=str(tmp_path))
     evaluator.reset()
-    for r in records:
+    for r, box in zip(records, ([4.0, 4.0, 30.0, 40.0], [40.0, 40.0, 60.0, 60.0])):
         inst = Instances((64, 64))
-        inst.pred_boxes = Boxes(torch.tensor([r["annotations"][0]["bbox"]]))
+        inst.pred_boxes = Boxes(torch.tensor([box]))  # image 0: exact; image 1: no overlap
         inst.scores = torch.tensor([0.9])
         inst.pred_classes = torch.tensor([0])
         evaluator.process([{"image_id": r["image_id"]}], [{"instances": inst}])
     results = evaluator.evaluate()
-    assert results["bbox"]["AP"] == pytest.approx(100.0)
-
-
-_PROBE = textwrap.dedent(
-    """
-    import importlib.machinery, importlib.util, json, sys, types, warnings
-
-    # import fcos_d2.compat without running fcos_d2/__init__.py (which applies it itself)
-    pkg = types.ModuleType("fcos_d2")
-    pkg.__path__ = [sys.argv[1]]
-    sys.modules["fcos_d2"] = pkg
-    if sys.argv[2] == "compiled":  # pretend a compiled detectron2._C is installed
-        real_find_spec = importlib.util.find_spec
-
-        def find_spec(name, package=None):
-            if name == "detectron2._C":
-                return importlib.machinery.ModuleSpec(name, None, origin="/fake/_C.so")
-            return real_find_spec(name, package)
-
-        importlib.util.find_spec = find_spec
-    import numpy as np
-    from PIL import Image
-    import fcos_d2.compat as compat
-
-    first = compat.apply()
-    second = compat.apply()
-    from fcos_d2.compat import _import_hooks
-    print(json.dumps({
-        "first": first,
-        "second": second,
-        "stub": "detectron2._C" in sys.modules,
-        "np_int": "int" in vars(np),
-        "pil_linear": hasattr(Image, "LINEAR"),
-        "hooks": _import_hooks.installed_finder() is not None,
-        "patches": compat.applied_patches(),
-    }))
-    """
-)
-
-
-def _probe(mode):
-    res = subprocess.run(
-        [sys.executable, "-c", _PROBE, os.path.join(REPO, "fcos_d2"), mode],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
-def test_apply_is_a_noop_with_compiled_detectron2():
-    import PIL
-
-    r = _probe("compiled")
-    assert r["first"] is False and r["second"] is False
-    assert r["patches"] == []
-    assert not r["stub"] and not r["hooks"] and not r["np_int"]
-    # Pillow untouched: LINEAR is there only if this Pillow (< 10) has it itself
-    assert r["pil_linear"] == (int(PIL.__version__.split(".")[0]) < 10)
-
-
-@needs_stub
-def test_apply_is_idempotent_on_pure_python_detectron2():
-    r = _probe("pure")
-    assert r["first"] is True and r["second"] is False
-    assert r["stub"] and r["hooks"] and r["pil_linear"]
-    assert "detectron2._C stub" in r["patches"]
-    assert len(r["patches"]) == len(set(r["patches"]))
+    # one of two objects found, first in the ranking: precision 1 up to recall 0.5 and
+    # 101-point interpolation -> 51/101 at every IoU threshold
+    assert results["bbox"]["AP"] == pytest.approx(100 * 51 / 101)
 
 
 # ---------------------------------------------------------------------------------------
-# launch
+# launch and DDP on CPU
 # ---------------------------------------------------------------------------------------
 
 
@@ -311,13 +301,13 @@ def _dist_main(out_dir, scale):
         "backend": dist.get_backend() if dist.is_initialized() else None,
         "is_main": comm.is_main_process(),
     }
-    if comm.get_world_size() > 1:
-        # Detectron2's DDP wrapper, as DefaultTrainer uses it, on a CPU model
-        from detectron2.engine.defaults import create_ddp_model
-
-        model = create_ddp_model(torch.nn.Linear(2, 1, bias=False), broadcast_buffers=False)
-        model(torch.tensor([[float(rank + 1), 0.0]])).sum().backward()
-        result["ddp_grad"] = model.module.weight.grad.tolist()  # averaged over ranks
+    # fcos_d2's DDP wrapper, as its Trainer uses it, on a CPU model
+    model = create_ddp_model(torch.nn.Linear(2, 1, bias=False), broadcast_buffers=False)
+    result["wrapped"] = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    with torch.no_grad():
+        getattr(model, "module", model).weight.zero_()
+    model(torch.tensor([[float(rank + 1), 0.0]])).sum().backward()
+    result["grad"] = getattr(model, "module", model).weight.grad.tolist()  # mean over ranks
     comm.synchronize()
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
@@ -338,10 +328,12 @@ def test_launch_two_cpu_processes_with_gloo(tmp_path):
         assert res["all_gather"] == [0, 1]
         assert res["backend"] == "gloo"
         assert res["is_main"] == (r == 0)
-        assert res["ddp_grad"] == [[pytest.approx(1.5), 0.0]]  # mean of 1 and 2
+        assert res["wrapped"] is True
+        assert res["grad"] == [[pytest.approx(1.5), 0.0]]  # mean of 1 and 2
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU launch path only used without CUDA")
 def test_launch_single_cpu_process_runs_in_process(tmp_path):
     res = launch(_dist_main, 1, args=(str(tmp_path), 1.0))
     assert res["world_size"] == 1 and res["rank"] == 0 and res["all_reduce"] == 1.0
+    assert res["wrapped"] is False and res["grad"] == [[1.0, 0.0]]

@@ -6,10 +6,10 @@ Detectron2 v0.6's ``launch`` hard-codes the NCCL backend and asserts CUDA, so
 * with CUDA available, delegates to ``detectron2.engine.launch`` unchanged;
 * without CUDA and a world size of 1, calls ``main_func(*args)`` in this process;
 * without CUDA and a world size > 1, spawns ``num_gpus_per_machine`` CPU worker processes per
-  machine that join a ``gloo`` process group, then sets up
-  ``detectron2.utils.comm``'s per-machine ("local") process group the way the installed
-  Detectron2 expects (``comm.create_local_process_group`` on newer versions,
-  ``comm._LOCAL_PROCESS_GROUP`` on v0.6), so ``comm.get_local_rank()`` & co. work.
+  machine that join a ``gloo`` process group and create ``detectron2.utils.comm``'s
+  per-machine ("local") process group with ``comm.create_local_process_group`` (public in
+  Detectron2 after v0.6; the pure-Python v0.6 that ``tools/install_detectron2.py`` installs
+  has it too), so ``comm.get_local_rank()`` & co. work.
 
 Usage (``main_func`` must be picklable, i.e. defined at module level)::
 
@@ -74,6 +74,7 @@ def launch(
     world_size = num_machines * num_gpus_per_machine
     if world_size <= 1:
         return main_func(*args)
+    _check_local_process_group_api()
 
     rendezvous_dir = None
     if dist_url in (None, "auto"):
@@ -106,27 +107,22 @@ def launch(
     return None
 
 
-def _setup_local_process_group(comm, num_workers_per_machine: int, machine_rank: int) -> None:
-    import torch.distributed as dist
+def _check_local_process_group_api() -> None:
+    from detectron2.utils import comm
 
-    if hasattr(comm, "create_local_process_group"):  # Detectron2 after v0.6
-        comm.create_local_process_group(num_workers_per_machine)
-        return
-    # Detectron2 v0.6: what its engine/launch.py does
-    assert comm._LOCAL_PROCESS_GROUP is None
-    num_machines = dist.get_world_size() // num_workers_per_machine
-    for i in range(num_machines):
-        ranks_on_i = list(range(i * num_workers_per_machine, (i + 1) * num_workers_per_machine))
-        pg = dist.new_group(ranks_on_i)  # collective: every rank creates every group
-        if i == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = pg
+    if not hasattr(comm, "create_local_process_group"):
+        raise RuntimeError(
+            "Multi-process CPU training needs detectron2.utils.comm.create_local_process_group "
+            "(Detectron2 after v0.6, or the pure-Python v0.6 of fcos_d2's "
+            "tools/install_detectron2.py); this Detectron2 lacks it. Use one process "
+            "(--num-gpus 1), GPUs, or a newer Detectron2."
+        )
 
 
 def _cpu_worker(
     local_rank, main_func, world_size, num_workers_per_machine, machine_rank, dist_url, args,
     timeout=DEFAULT_TIMEOUT,
 ):  # fmt: skip
-    # Importing this module imported fcos_d2, whose __init__ applies fcos_d2.compat.
     import torch.distributed as dist
     from detectron2.utils import comm
 
@@ -147,7 +143,7 @@ def _cpu_worker(
         logger.error(f"Process group URL: {dist_url}")
         raise
     try:
-        _setup_local_process_group(comm, num_workers_per_machine, machine_rank)
+        comm.create_local_process_group(num_workers_per_machine)
         comm.synchronize()
         main_func(*args)
     finally:

@@ -1,7 +1,11 @@
-"""Detectron2's DefaultTrainer with an evaluator chosen by the dataset's evaluator_type."""
+"""Detectron2's DefaultTrainer with an evaluator chosen by the dataset's evaluator_type,
+multi-process training of CPU models, and resumption of the data stream."""
 import itertools
 import logging
 import os
+import weakref
+
+import torch
 
 from detectron2.data import (
     MetadataCatalog,
@@ -10,7 +14,10 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 from detectron2.data.samplers import TrainingSampler
-from detectron2.engine import DefaultTrainer
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import create_ddp_model as d2_create_ddp_model
+from detectron2.utils.logger import setup_logger
 from detectron2.utils import comm
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDetectionEvaluator
 
@@ -20,7 +27,20 @@ from ..modeling.tta import with_tta
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "ResumableTrainingSampler", "build_evaluator"]
+__all__ = ["Trainer", "ResumableTrainingSampler", "build_evaluator", "create_ddp_model"]
+
+
+def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
+    """``detectron2.engine.create_ddp_model`` for CPU models too.
+
+    Detectron2's version passes ``device_ids=[local_rank]``, which DistributedDataParallel
+    rejects for a model on the CPU (multi-process CPU training with gloo); a CPU model gets
+    ``device_ids=None``.  With one process the model is returned unchanged.
+    """
+    if "device_ids" not in kwargs:
+        devices = {p.device.type for p in model.parameters()}
+        kwargs["device_ids"] = None if devices == {"cpu"} else [comm.get_local_rank()]
+    return d2_create_ddp_model(model, **kwargs)
 
 
 def build_evaluator(cfg, dataset_name: str, output_folder: str = None):
@@ -52,6 +72,28 @@ class ResumableTrainingSampler(TrainingSampler):
 class Trainer(DefaultTrainer):
     """DefaultTrainer (checkpoints, ETA and metrics logging, periodic evaluation) with
     :class:`FCOSDatasetMapper` and an evaluator picked by the dataset's evaluator_type."""
+
+    def __init__(self, cfg):
+        """DefaultTrainer's construction, with :func:`create_ddp_model` (CPU models too)."""
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+        # The order of DefaultTrainer: model, optimizer, data loader.
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     def resume_or_load(self, resume: bool = True):
         """Load the last checkpoint (or MODEL.WEIGHTS); a resumed run also continues the
