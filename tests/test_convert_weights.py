@@ -1,13 +1,16 @@
-"""Weight conversion from AdelaiDet and maskrcnn-benchmark FCOS checkpoints.
+"""Weight conversion from AdelaiDet, maskrcnn-benchmark and torchvision FCOS checkpoints.
 
 No reference weights can be downloaded here, so each test builds a small module tree
 with the reference implementation's attribute names and nesting (Sequential towers
 interleaving conv/norm/ReLU, ``body.layerN`` with ``bnN`` and ``downsample``,
 ``fpn_inner2..4``, ...), fills it with random values, and checks the conversion against
-weights placed into fcos_d2's model by hand.
+weights placed into fcos_d2's model by hand. torchvision's FCOS is installed: its tests
+build ``fcos_resnet50_fpn(weights=None, weights_backbone=None)`` (nothing downloaded);
+tests/test_torchvision_oracle.py compares the converted model's detections with it.
 """
 import copy
-import os
+import math
+import pickle
 
 import pytest
 import torch
@@ -20,11 +23,11 @@ from detectron2.modeling import build_model
 from conftest import load_script, tiny_cfg
 from fcos_d2.checkpoint import (
     ConversionError,
+    coco_contiguous_category_ids,
     convert_reference_checkpoint,
     load_reference_checkpoint,
     save_converted_checkpoint,
 )
-from fcos_d2.modeling.outputs import level_locations
 
 D2_FROZEN_BN_EPS = 1e-5
 NUM_CLASSES = 3
@@ -246,11 +249,25 @@ def assert_same_model_outputs(a, b) -> None:
     assert torch.equal(det_a.scores, det_b.scores)
 
 
-def load_with_checkpointer(model, path: str):
-    """DetectionCheckpointer.load, returning its missing / unexpected / misshapen keys."""
-    checkpointer = DetectionCheckpointer(model)
-    incompatible = checkpointer._load_model(checkpointer._load_file(path))
-    return incompatible
+def read_converted_file(path: str):
+    """The tensors of a file written by save_converted_checkpoint, read without Detectron2."""
+    if path.endswith(".pkl"):
+        with open(path, "rb") as f:
+            data = pickle.load(f)
+    else:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: torch.as_tensor(v) for k, v in data["model"].items()}
+
+
+def load_with_checkpointer(model, path: str) -> None:
+    """``DetectionCheckpointer(model).load(path)``, then check that the file held exactly
+    the model's weights (no missing, unexpected or misshapen key) and the model now has them."""
+    DetectionCheckpointer(model).load(path)
+    stored, state = read_converted_file(path), model.state_dict()
+    assert sorted(stored) == sorted(state)
+    for key, value in state.items():
+        assert stored[key].shape == value.shape, key
+        assert torch.equal(stored[key].to(value.dtype), value), key
 
 
 # ---- tests ------------------------------------------------------------------------------
@@ -271,9 +288,7 @@ def test_maskrcnn_benchmark_checkpoint_loads_and_equals_hand_placement(tmp_path,
     )
     out = str(tmp_path / f"converted.{ext}")
     save_converted_checkpoint(converted, out, "maskrcnn_benchmark")
-    incompatible = load_with_checkpointer(loaded, out)
-    assert not incompatible.missing_keys and not incompatible.unexpected_keys
-    assert not incompatible.incorrect_shapes
+    load_with_checkpointer(loaded, out)
 
     place_mb_by_hand(by_hand, ref)
     assert_same_model_outputs(loaded, by_hand)
@@ -318,9 +333,7 @@ def test_adelaidet_checkpoint_loads_and_equals_hand_placement(tmp_path, norm, sh
     converted, summary = convert_reference_checkpoint(load_reference_checkpoint(src), "adelaidet")
     out = str(tmp_path / "converted.pth")
     save_converted_checkpoint(converted, out, "adelaidet")
-    incompatible = load_with_checkpointer(loaded, out)
-    assert not incompatible.missing_keys and not incompatible.unexpected_keys
-    assert not incompatible.incorrect_shapes
+    load_with_checkpointer(loaded, out)
     assert summary.dropped == ["pixel_mean", "pixel_std"]
 
     by_hand.backbone.load_state_dict(ref_backbone.state_dict())  # same names in AdelaiDet
@@ -401,3 +414,138 @@ def test_cli(tmp_path, capsys):
 
     assert main(args + opts[:-4]) == 1  # 4 tower convs in the config, 2 in the file
     assert "cls_tower.convs" in capsys.readouterr().err
+
+
+# ---- torchvision ------------------------------------------------------------------------
+TV_CONFIG = "configs/COCO-Detection/FCOS_R_50_torchvision.yaml"
+
+
+@pytest.fixture(scope="module")
+def tv_state():
+    """torchvision's FCOS R-50 state dict with random weights (nothing is downloaded)."""
+    from torchvision.models.detection import fcos_resnet50_fpn
+
+    torch.manual_seed(0)
+    model = fcos_resnet50_fpn(weights=None, weights_backbone=None)
+    return {k: v.clone() for k, v in randomize(model, seed=11).state_dict().items()}
+
+
+def tv_model_state(*opts):
+    cfg = fcos_d2.setup_cfg(TV_CONFIG, ["MODEL.DEVICE", "cpu", *opts])
+    return build_model(cfg).state_dict()
+
+
+def test_torchvision_every_tensor_is_placed(tv_state):
+    converted, summary = convert_reference_checkpoint(tv_state, "torchvision", tv_model_state())
+    groups = summary.groups
+    # ResNet-50: 53 convs, each with a BatchNorm of 4 tensors; its 53 counters dropped
+    assert groups["backbone.bottom_up (ResNet)"] == 53 * 5
+    assert summary.dropped == ["backbone.body.*.num_batches_tracked (53)"]
+    assert groups["backbone FPN (lateral + output convs)"] == 3 * 2 * 2
+    assert groups["backbone.top_block (P6, P7)"] == 4
+    assert groups["head towers: convs"] == 2 * 4 * 2 and groups["head towers: norms"] == 16
+    assert groups["head: cls_logits, bbox_pred, ctrness"] == 6 and groups["head.scales"] == 0
+    assert summary.num_converted + 53 == len(tv_state)
+    pairs = {
+        "backbone.body.conv1.weight": "backbone.bottom_up.stem.conv1.weight",
+        "backbone.body.layer1.0.downsample.1.running_var":
+            "backbone.bottom_up.res2.0.shortcut.norm.running_var",
+        "backbone.body.layer4.2.bn3.bias": "backbone.bottom_up.res5.2.conv3.norm.bias",
+        "backbone.fpn.inner_blocks.0.0.weight": "backbone.fpn_lateral3.weight",
+        "backbone.fpn.layer_blocks.2.0.bias": "backbone.fpn_output5.bias",
+        "backbone.fpn.extra_blocks.p7.weight": "backbone.top_block.p7.weight",
+        "head.classification_head.conv.9.weight": "head.cls_tower.convs.3.weight",
+        "head.regression_head.conv.10.bias": "head.box_tower.norms.0.3.bias",
+        "head.regression_head.bbox_reg.weight": "head.bbox_pred.weight",
+        "head.regression_head.bbox_ctrness.bias": "head.ctrness.bias",
+    }
+    for theirs, ours in pairs.items():
+        assert torch.equal(converted[ours], tv_state[theirs]), theirs
+    hints = summary.hints
+    assert hints["MODEL.RESNETS.DEPTH"] == 50 and hints["MODEL.RESNETS.NORM"] == "FrozenBN"
+    assert hints["MODEL.RESNETS.STRIDE_IN_1X1"] is False and hints["INPUT.FORMAT"] == "RGB"
+    assert hints["MODEL.FCOS.USE_SCALE"] is False and hints["MODEL.FCOS.NUM_CLASSES"] == 80
+    assert hints["MODEL.PIXEL_STD"] == [58.395, 57.12, 57.375]
+
+
+def test_torchvision_classes_become_detectron2_coco_classes(tv_state):
+    """Output k of torchvision's classifier is COCO category id k; Detectron2's class c is
+    the c-th "thing" of COCO_CATEGORIES. Checked by name on both sides."""
+    from detectron2.data import MetadataCatalog
+    from torchvision.models.detection import FCOS_ResNet50_FPN_Weights
+
+    tv_names = FCOS_ResNet50_FPN_Weights.COCO_V1.meta["categories"]  # 91, by category id
+    d2_names = MetadataCatalog.get("coco_2017_val").thing_classes  # 80, contiguous
+    converted, summary = convert_reference_checkpoint(tv_state, "torchvision")
+    weight, bias = converted["head.cls_logits.weight"], converted["head.cls_logits.bias"]
+    assert weight.shape[0] == 80 and bias.shape == (80,)
+    for name in ("person", "bicycle", "stop sign", "toothbrush"):
+        ours, theirs = d2_names.index(name), tv_names.index(name)
+        assert torch.equal(weight[ours], tv_state["head.classification_head.cls_logits.weight"][theirs])
+        assert bias[ours] == tv_state["head.classification_head.cls_logits.bias"][theirs]
+    # by index: person is id 1 and class 0; stop sign id 13 (after the unused id 12) class
+    # 11; toothbrush id 90 and class 79
+    assert [coco_contiguous_category_ids()[c] for c in (0, 11, 79)] == [1, 13, 90]
+    assert [tv_names[i] for i in coco_contiguous_category_ids()] == list(d2_names)
+    assert "91 outputs" in summary.format()
+
+    kept, _ = convert_reference_checkpoint(tv_state, "torchvision", num_classes=91)
+    assert torch.equal(kept["head.cls_logits.weight"],
+                       tv_state["head.classification_head.cls_logits.weight"])
+
+
+def test_torchvision_fpn_keys_before_torchvision_0_13(tv_state):
+    """Files saved before torchvision 0.13 (e.g. the published .pth itself) name the FPN
+    convs ``inner_blocks.<k>.weight``, without the ``.0`` of Conv2dNormActivation."""
+    old = {k.replace("_blocks.0.0.", "_blocks.0.").replace("_blocks.1.0.", "_blocks.1.")
+           .replace("_blocks.2.0.", "_blocks.2."): v for k, v in tv_state.items()}
+    assert "backbone.fpn.inner_blocks.1.weight" in old
+    new_converted, _ = convert_reference_checkpoint(tv_state, "torchvision")
+    old_converted, _ = convert_reference_checkpoint(old, "torchvision")
+    assert sorted(new_converted) == sorted(old_converted)
+    assert all(torch.equal(new_converted[k], old_converted[k]) for k in new_converted)
+
+
+def test_torchvision_cli_fine_tuning_keeps_all_but_the_class_logits(tv_state, tmp_path, capsys):
+    main = load_cli().main
+    src, out = str(tmp_path / "fcos_tv.pth"), str(tmp_path / "fcos_3.pth")
+    torch.save(tv_state, src)
+    args = ["--source", "torchvision", "--input", src, "--output", out,
+            "--config-file", TV_CONFIG, "MODEL.FCOS.NUM_CLASSES", "3"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "91 classes" in printed and "fine-tuning" in printed
+    cfg = fcos_d2.setup_cfg(TV_CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.FCOS.NUM_CLASSES", "3"])
+    model = build_model(cfg)
+    load_with_checkpointer(model, out)
+    state = model.state_dict()
+    full, _ = convert_reference_checkpoint(tv_state, "torchvision")
+    others = [k for k in full if not k.startswith("head.cls_logits.")]
+    assert len(others) == len(full) - 2
+    assert all(torch.equal(state[k], full[k]) for k in others)
+    # the class logits are the model's initialisation: bias -log((1 - p) / p), p = 0.01
+    assert state["head.cls_logits.weight"].shape[0] == 3
+    torch.testing.assert_close(state["head.cls_logits.bias"],
+                               torch.full((3,), -math.log(99.0)), rtol=0, atol=1e-6)
+
+
+def test_torchvision_refuses_other_models(tv_state):
+    from torchvision.models.detection import retinanet_resnet50_fpn
+    from torchvision.models import resnet50
+
+    retinanet = retinanet_resnet50_fpn(weights=None, weights_backbone=None).state_dict()
+    with pytest.raises(ConversionError, match=r"(?s)missing weight.*head\.ctrness\.weight"):
+        convert_reference_checkpoint(retinanet, "torchvision")
+    classifier = {f"backbone.body.{k}": v for k, v in resnet50().state_dict().items()}
+    with pytest.raises(ConversionError, match=r"(?s)map to no fcos_d2 weight.*backbone\.body\.fc\.weight"):
+        convert_reference_checkpoint(classifier, "torchvision")
+    # a torchvision file read as another source's, and the other way round
+    with pytest.raises(ConversionError, match="--source torchvision"):
+        convert_reference_checkpoint(tv_state, "maskrcnn_benchmark")
+    with pytest.raises(ConversionError, match="--source maskrcnn_benchmark"):
+        convert_reference_checkpoint(mb_reference_model().state_dict(), "torchvision")
+    # the model of another config
+    with pytest.raises(ConversionError, match=r"(?s)shape mismatch.*res2\.0\.conv1\.weight"):
+        convert_reference_checkpoint(
+            tv_state, "torchvision", tv_model_state("MODEL.RESNETS.WIDTH_PER_GROUP", "32")
+        )

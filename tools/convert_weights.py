@@ -1,26 +1,28 @@
 #!/usr/bin/env python
-"""Convert an FCOS checkpoint of AdelaiDet or of the original FCOS (maskrcnn-benchmark)
-into a file that fcos_d2's FCOS loads with ``MODEL.WEIGHTS``.
+"""Convert an FCOS checkpoint of AdelaiDet, of the original FCOS (maskrcnn-benchmark) or
+torchvision's FCOS into a file that fcos_d2's FCOS loads with ``MODEL.WEIGHTS``.
 
     python tools/convert_weights.py --source adelaidet \\
         --input FCOS_R_50_1x.pth --output fcos_R_50_1x_d2.pth
     python tools/convert_weights.py --source maskrcnn_benchmark \\
         --input FCOS_imprv_R_50_FPN_1x.pth --output fcos_imprv_R_50.pth \\
         --config-file configs/COCO-Detection/FCOS_R_50_1x.yaml MODEL.FCOS.NUM_CLASSES 80
+    python tools/convert_weights.py --source torchvision \
+        --input fcos_tv.pth --output fcos_R_50_torchvision.pth
 
 Prints how many tensors each part of the model received and the config values the
 weights imply. With ``--config-file`` (and trailing ``KEY VALUE`` opts) the result is
 also checked against the model that config builds: no missing or unexpected weights, equal
-shapes. Writes ``.pth`` (torch) or ``.pkl`` (Detectron2's pickle format).
+shapes; the config's ``MODEL.FCOS.NUM_CLASSES`` is the number of classes wanted (when it
+differs from the checkpoint's, everything but the class logits is converted, for
+fine-tuning). Writes ``.pth`` (torch) or ``.pkl`` (Detectron2's pickle format).
 """
 import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import fcos_d2  # noqa: E402,F401  (Detectron2 compatibility layer, registries)
-from fcos_d2.checkpoint import (  # noqa: E402
+import fcos_d2  # Detectron2 compatibility layer, registries, setup_cfg
+from fcos_d2.checkpoint import (
     SOURCES,
     ConversionError,
     convert_reference_checkpoint,
@@ -30,19 +32,12 @@ from fcos_d2.checkpoint import (  # noqa: E402
 
 
 def build_model_state(config_file: str, opts):
-    """The state dict of the (randomly initialised) model that the config builds."""
-    from detectron2.config import get_cfg
+    """The state dict of the (randomly initialised) model that the config builds, and the
+    config's number of classes."""
     from detectron2.modeling import build_model
 
-    from fcos_d2 import add_fcos_config
-
-    cfg = get_cfg()
-    add_fcos_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
-    return build_model(cfg).state_dict()
+    cfg = fcos_d2.setup_cfg(config_file, list(opts) + ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
+    return build_model(cfg).state_dict(), cfg.MODEL.FCOS.NUM_CLASSES
 
 
 def _shell_word(text: str) -> str:
@@ -70,8 +65,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         state = load_reference_checkpoint(args.input, allow_pickle=args.allow_pickle)
-        model_state = build_model_state(args.config_file, args.opts) if args.config_file else None
-        converted, summary = convert_reference_checkpoint(state, args.source, model_state)
+        model_state, num_classes = None, None
+        if args.config_file:
+            model_state, num_classes = build_model_state(args.config_file, args.opts)
+        converted, summary = convert_reference_checkpoint(
+            state, args.source, model_state, num_classes=num_classes
+        )
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

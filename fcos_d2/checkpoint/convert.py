@@ -11,8 +11,16 @@ Sources:
   ``backbone.fpn.fpn_inner<k>`` / ``fpn_layer<k>`` (k = 2, 3, 4 for C3, C4, C5 in the
   P3-P7 "RETINANET" FPN: its stage list starts at C2 with 0 channels, which is skipped),
   ``backbone.fpn.top_blocks.p6/p7`` and ``rpn.head.*`` (``centerness`` for ``ctrness``).
+* ``"torchvision"`` -- ``torchvision.models.detection.fcos_resnet50_fpn``'s
+  ``state_dict()``: ``backbone.body.{conv1,bn1,layer1..4}`` (torchvision's ResNet),
+  ``backbone.fpn.inner_blocks.<k>`` / ``layer_blocks.<k>`` (k = 0, 1, 2 for C3, C4, C5;
+  ``.0.`` inside since torchvision 0.13, absent in older files),
+  ``backbone.fpn.extra_blocks.p6/p7`` and ``head.classification_head.{conv,cls_logits}``,
+  ``head.regression_head.{conv,bbox_reg,bbox_ctrness}``. Its classifier has one output
+  per COCO category id (91: id 0 and the unused ids included); by default the 80 real
+  classes are kept in Detectron2's contiguous order (``COCO_CATEGORIES``).
 
-In both, a head tower is one ``nn.Sequential`` interleaving conv, norm and ReLU (convs at
+In all three, a head tower is one ``nn.Sequential`` interleaving conv, norm and ReLU (convs at
 0, 3, 6, 9 and norms at 1, 4, 7, 10 with a norm; convs at 0, 2, 4, 6 without); AdelaiDet's
 BatchNorm towers hold one BatchNorm per level at the norm's index (``<i>.<level>.*``).
 fcos_d2 keeps them apart: ``head.cls_tower.convs.<k>`` and ``head.cls_tower.norms.<level or
@@ -35,12 +43,13 @@ __all__ = [
     "SOURCES",
     "ConversionError",
     "ConversionSummary",
+    "coco_contiguous_category_ids",
     "convert_reference_checkpoint",
     "load_reference_checkpoint",
     "save_converted_checkpoint",
 ]
 
-SOURCES = ("adelaidet", "maskrcnn_benchmark")
+SOURCES = ("adelaidet", "maskrcnn_benchmark", "torchvision")
 
 # Summary groups, in display order.
 G_RESNET = "backbone.bottom_up (ResNet)"
@@ -101,6 +110,34 @@ _RULES: Dict[str, List[_Rule]] = {
         (r"rpn\.head\.centerness\.(weight|bias)", lambda m: f"head.ctrness.{m[1]}", G_PRED),
         (r"rpn\.head\.scales\.(\d+)\.scale", lambda m: f"head.scales.{m[1]}.scale", G_SCALE),
     ],
+    "torchvision": [
+        (r"backbone\.body\.conv1\.weight",
+         lambda m: "backbone.bottom_up.stem.conv1.weight", G_RESNET),
+        (r"backbone\.body\.bn1\.(weight|bias|running_mean|running_var)",
+         lambda m: f"backbone.bottom_up.stem.conv1.norm.{m[1]}", G_RESNET),
+        (r"backbone\.body\.layer(\d)\.(\d+)\.conv(\d)\.weight",
+         lambda m: f"backbone.bottom_up.res{_stage(m)}.{m[2]}.conv{m[3]}.weight", G_RESNET),
+        (r"backbone\.body\.layer(\d)\.(\d+)\.bn(\d)\.(weight|bias|running_mean|running_var)",
+         lambda m: f"backbone.bottom_up.res{_stage(m)}.{m[2]}.conv{m[3]}.norm.{m[4]}", G_RESNET),
+        (r"backbone\.body\.layer(\d)\.(\d+)\.downsample\.0\.weight",
+         lambda m: f"backbone.bottom_up.res{_stage(m)}.{m[2]}.shortcut.weight", G_RESNET),
+        (r"backbone\.body\.layer(\d)\.(\d+)\.downsample\.1\."
+         r"(weight|bias|running_mean|running_var)",
+         lambda m: f"backbone.bottom_up.res{_stage(m)}.{m[2]}.shortcut.norm.{m[3]}", G_RESNET),
+        # inner/layer block k reads layer k + 2 = Detectron2's res(k + 3)
+        (r"backbone\.fpn\.inner_blocks\.(\d)\.(?:0\.)?(weight|bias)",
+         lambda m: f"backbone.fpn_lateral{int(m[1]) + 3}.{m[2]}", G_FPN),
+        (r"backbone\.fpn\.layer_blocks\.(\d)\.(?:0\.)?(weight|bias)",
+         lambda m: f"backbone.fpn_output{int(m[1]) + 3}.{m[2]}", G_FPN),
+        (r"backbone\.fpn\.extra_blocks\.(p6|p7)\.(weight|bias)",
+         lambda m: f"backbone.top_block.{m[1]}.{m[2]}", G_TOP),
+        (r"head\.classification_head\.cls_logits\.(weight|bias)",
+         lambda m: f"head.cls_logits.{m[1]}", G_PRED),
+        (r"head\.regression_head\.bbox_reg\.(weight|bias)",
+         lambda m: f"head.bbox_pred.{m[1]}", G_PRED),
+        (r"head\.regression_head\.bbox_ctrness\.(weight|bias)",
+         lambda m: f"head.ctrness.{m[1]}", G_PRED),
+    ],
     "adelaidet": [
         (r"backbone\.(bottom_up\..+)", lambda m: f"backbone.{m[1]}", G_RESNET),
         (r"backbone\.(fpn_(?:lateral|output)\d\..+)", lambda m: f"backbone.{m[1]}", G_FPN),
@@ -117,8 +154,22 @@ _RULES: Dict[str, List[_Rule]] = {
 _TOWER_PATTERNS = {
     "maskrcnn_benchmark": r"rpn\.head\.(cls|bbox)_tower\.(\d+)\.(.+)",
     "adelaidet": r"proposal_generator\.fcos_head\.(cls|bbox|share)_tower\.(\d+)\.(.+)",
+    "torchvision": r"head\.(classification|regression)_head\.conv\.(\d+)\.(.+)",
 }
-_TOWER_NAMES = {"cls": "cls_tower", "bbox": "box_tower", "share": "share_tower"}
+_TOWER_PREFIXES = {
+    "maskrcnn_benchmark": "rpn.head.{}_tower",
+    "adelaidet": "proposal_generator.fcos_head.{}_tower",
+    "torchvision": "head.{}_head.conv",
+}
+_TOWER_NAMES = {
+    "cls": "cls_tower", "bbox": "box_tower", "share": "share_tower",
+    "classification": "cls_tower", "regression": "box_tower",
+}
+# Source keys dropped with a count rather than one by one: torchvision's ResNet built with
+# nn.BatchNorm2d (``weights=None``) has BatchNorm counters; the converted ResNet is frozen.
+_DROPPED_PATTERNS = {
+    "torchvision": (r"backbone\.body\..+\.num_batches_tracked", "backbone.body.*.num_batches_tracked"),
+}
 
 # Keys a usable FCOS checkpoint must give (after conversion), with what they are.
 _REQUIRED = {
@@ -140,12 +191,43 @@ _NOTES = {
         "NORM_REG_TARGETS: True). Models trained without it (exp of pixel distances, "
         "the original FCOS) give other boxes after conversion.",
     ],
+    "torchvision": [
+        "torchvision normalises RGB input in [0, 1] with ImageNet's mean and std; on "
+        "Detectron2's 0-255 pixels that is INPUT.FORMAT RGB, MODEL.PIXEL_MEAN [123.675, "
+        "116.28, 103.53], MODEL.PIXEL_STD [58.395, 57.12, 57.375].",
+        "The remaining differences from fcos_d2's defaults (locations at k * stride, "
+        "padding to 32, thresholding the final score, keeping empty boxes) are set in "
+        "configs/COCO-Detection/FCOS_R_50_torchvision.yaml: run the weights with it.",
+    ],
     "adelaidet": [
         "AdelaiDet's defaults equal fcos_d2's (centerness on the box tower, ReLU "
         "distances in stride units, Detectron2's pixel mean); MODEL.FPN.USE_RELU is "
         "not supported by Detectron2's FPN.",
     ],
 }
+
+
+# Config values the source's architecture and preprocessing imply that its weights do not
+# show (yacs keys).
+_SOURCE_HINTS = {
+    "torchvision": {
+        "MODEL.RESNETS.STRIDE_IN_1X1": False,  # torchvision's Bottleneck strides in conv2
+        "INPUT.FORMAT": "RGB",
+        "MODEL.PIXEL_MEAN": [123.675, 116.28, 103.53],  # 255 * (0.485, 0.456, 0.406)
+        "MODEL.PIXEL_STD": [58.395, 57.12, 57.375],  # 255 * (0.229, 0.224, 0.225)
+    },
+}
+
+_TV_NUM_OUTPUTS = 91  # torchvision's COCO classifier: one output per category id 0..90
+_CLASS_KEYS = ("head.cls_logits.weight", "head.cls_logits.bias")
+
+
+def coco_contiguous_category_ids() -> List[int]:
+    """The COCO category ids of Detectron2's 80 contiguous COCO classes, in that order
+    (class 0 is id 1 "person", class 79 is id 90 "toothbrush")."""
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+
+    return [c["id"] for c in COCO_CATEGORIES if c["isthing"] == 1]
 
 
 class ConversionError(ValueError):
@@ -300,16 +382,22 @@ def convert_reference_checkpoint(
     state_dict: Mapping[str, Any],
     source: str,
     model_state: Optional[Mapping[str, Tensor]] = None,
+    num_classes: Optional[int] = None,
 ) -> Tuple[Dict[str, Tensor], ConversionSummary]:
     """Rename a reference FCOS state dict to fcos_d2's ``FCOS`` module names.
 
     Args:
         state_dict: the source model's weights (``checkpoint["model"]``); a leading
             ``module.`` (DistributedDataParallel) is ignored.
-        source: "adelaidet" or "maskrcnn_benchmark".
+        source: "adelaidet", "maskrcnn_benchmark" or "torchvision".
         model_state: optionally the target model's ``state_dict()``: the result is then
             checked against it (no missing or unexpected keys, equal shapes), and
             BatchNorm counters the source lacks are filled in.
+        num_classes: the classes the result is for (``MODEL.FCOS.NUM_CLASSES``); None:
+            the source's own (for "torchvision", its 91 outputs become the 80 COCO
+            classes). When it differs from the source's, everything but the class logits
+            is converted (fine-tuning on another dataset): the logits take
+            ``model_state``'s initial values, or are left out without ``model_state``.
 
     Returns:
         the converted state dict and a :class:`ConversionSummary`.
@@ -337,10 +425,14 @@ def convert_reference_checkpoint(
         origin[new] = old
         groups[group] += 1
 
+    dropped_by_pattern: Counter = Counter()
     for key, value in state_dict.items():
         key = key[len("module."):] if key.startswith("module.") else key
         if key in _DROPPED:
             summary.dropped.append(key)
+            continue
+        if source in _DROPPED_PATTERNS and re.fullmatch(_DROPPED_PATTERNS[source][0], key):
+            dropped_by_pattern[_DROPPED_PATTERNS[source][1]] += 1
             continue
         m = re.fullmatch(_TOWER_PATTERNS[source], key)
         if m:
@@ -365,13 +457,20 @@ def convert_reference_checkpoint(
             "maskrcnn-benchmark's FrozenBatchNorm2d uses sqrt(var), Detectron2's "
             "sqrt(var + eps)."
         ))
-    prefix = "rpn.head" if source == "maskrcnn_benchmark" else "proposal_generator.fcos_head"
+    summary.dropped += [f"{name} ({count})" for name, count in dropped_by_pattern.items()]
     for tower, modules in towers.items():
         name = _TOWER_NAMES[tower]
-        for suffix, new, group, value in _tower_entries(f"{tower}_tower", modules, problems):
-            put(f"{prefix}.{tower}_tower.{suffix}", f"head.{name}.{new}", group, value)
+        prefix = _TOWER_PREFIXES[source].format(tower)
+        for suffix, new, group, value in _tower_entries(prefix, modules, problems):
+            put(f"{prefix}.{suffix}", f"head.{name}.{new}", group, value)
 
-    missing = [f"{key} ({what})" for key, what in _REQUIRED.items() if key not in converted]
+    if source == "torchvision":
+        _torchvision_classes(converted, summary, num_classes)
+    new_classes = _drop_other_class_logits(converted, origin, groups, summary, num_classes)
+    missing = [
+        f"{key} ({what})" for key, what in _REQUIRED.items()
+        if key not in converted and not (new_classes and key in _CLASS_KEYS)
+    ]
     if not any(k.startswith("backbone.fpn_lateral") for k in converted):
         missing.append("backbone.fpn_lateral* (FPN)")
     if model_state is None or _MOVING_FG_KEY in model_state:
@@ -384,6 +483,9 @@ def convert_reference_checkpoint(
         for key, value in model_state.items():
             if key not in converted and key.endswith("num_batches_tracked"):
                 converted[key] = torch.zeros_like(value)  # BatchNorm where the source froze
+                summary.filled.append(key)
+            elif key not in converted and new_classes and key in _CLASS_KEYS:
+                converted[key] = value.clone()  # the model's initial class logits
                 summary.filled.append(key)
         missing += [k for k in model_state if k not in converted]
         unexpected = [k for k in converted if k not in model_state]
@@ -399,11 +501,82 @@ def convert_reference_checkpoint(
         )
     summary.groups = {group: groups[group] for group in GROUPS}
     summary.hints = _hints(converted)
+    if num_classes is not None:
+        summary.hints["MODEL.FCOS.NUM_CLASSES"] = num_classes
+    summary.hints.update(_SOURCE_HINTS.get(source, {}))
     return converted, summary
+
+
+def _torchvision_classes(
+    converted: Dict[str, Tensor], summary: ConversionSummary, num_classes: Optional[int]
+) -> None:
+    """torchvision's 91 outputs (one per COCO category id) -> Detectron2's 80 contiguous
+    COCO classes, unless ``num_classes`` asks for 91 or for other classes."""
+    weight = converted.get("head.cls_logits.weight")
+    if weight is None or weight.shape[0] != _TV_NUM_OUTPUTS or num_classes not in (None, 80):
+        if weight is not None and weight.shape[0] == num_classes == _TV_NUM_OUTPUTS:
+            summary.notes.append(
+                "Class logits kept as torchvision's 91 outputs: class k is COCO category "
+                "id k (0 is background, 10 ids are unused)."
+            )
+        return
+    ids = torch.tensor(coco_contiguous_category_ids())  # (80,)
+    for key in _CLASS_KEYS:
+        converted[key] = converted[key][ids].clone()
+    summary.notes.append(
+        "Class logits: torchvision's 91 outputs (indexed by COCO category id) -> the 80 "
+        "COCO classes in Detectron2's contiguous order (output 0, background, and the 10 "
+        "unused ids are left out)."
+    )
+
+
+def _drop_other_class_logits(
+    converted: Dict[str, Tensor],
+    origin: Dict[str, str],
+    groups: Counter,
+    summary: ConversionSummary,
+    num_classes: Optional[int],
+) -> bool:
+    """Leave out the class logits when ``num_classes`` differs from the checkpoint's.
+
+    Returns whether they were left out.
+    """
+    weight = converted.get("head.cls_logits.weight")
+    if num_classes is None or weight is None or weight.shape[0] == num_classes:
+        return False
+    for key in _CLASS_KEYS:
+        if key in converted:
+            converted.pop(key)
+            groups[G_PRED] -= 1
+            summary.dropped.append(f"{origin[key]} ({weight.shape[0]} classes)")
+    summary.notes.append(
+        f"The checkpoint has {weight.shape[0]} classes, the model {num_classes}: everything "
+        "but the class logits is converted; the class logits start from the model's "
+        "initialisation (fine-tuning)."
+    )
+    return True
+
+
+def _matches_source(key: str, source: str) -> bool:
+    patterns = [rule[0] for rule in _RULES[source]] + [_TOWER_PATTERNS[source]]
+    return any(re.fullmatch(pattern, key) for pattern in patterns)
+
+
+def _likely_source(keys: List[str], source: str) -> Optional[str]:
+    """Another source whose names fit most of the keys that ``source`` could not map."""
+    for other in SOURCES:
+        if other != source and keys:
+            if sum(_matches_source(k, other) for k in keys) > len(keys) // 2:
+                return other
+    return None
 
 
 def _error_message(source, unmapped, problems, missing, unexpected, misshapen, origin) -> str:
     lines = [f"Cannot convert this {source} checkpoint to fcos_d2's FCOS:"]
+    other = _likely_source(unmapped, source)
+    if other:
+        lines.append(f"  The keys look like a {other!r} checkpoint: try source {other!r} "
+                     f"(--source {other}).")
     sections = [
         (unmapped, "source key(s) that map to no fcos_d2 weight (another architecture?)"),
         (problems, "structural problem(s)"),
