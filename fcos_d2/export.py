@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from detectron2.structures import ImageList, Instances
 
-from .modeling.outputs import level_locations, per_level_predictions
+from .modeling.pipeline import FCOSPredictions
 
 __all__ = [
     "FCOSRawOutputs",
@@ -90,13 +90,13 @@ def postprocess(
     num_levels = len(model.head_in_features)
     if len(outputs) != 3 * num_levels:
         raise ValueError(f"expected {3 * num_levels} outputs (3 per level), got {len(outputs)}")
-    logits = list(outputs[:num_levels])
-    box_dists = list(outputs[num_levels: 2 * num_levels])
-    ctrness = list(outputs[2 * num_levels:])
-    locations = level_locations(logits, model.strides)
-    results = model.postprocessor(
-        locations, model.strides, *per_level_predictions(logits, box_dists, ctrness), image_sizes
+    head_outputs = (
+        list(outputs[:num_levels]),
+        list(outputs[num_levels: 2 * num_levels]),
+        list(outputs[2 * num_levels:]),
     )
+    predictions = FCOSPredictions.from_head(head_outputs[0], model.strides, head_outputs)
+    results = model.detect(predictions, image_sizes)
     if batched_inputs is None:
         batched_inputs = [{} for _ in image_sizes]
     return model.postprocess_to_original(results, batched_inputs, image_sizes)

@@ -221,7 +221,7 @@ def test_freeze_at_freezes_the_first_stages():
 
 
 def fcos_backbone_names():
-    return {n for n in BACKBONE_REGISTRY._obj_map if n.startswith("build_fcos_")}
+    return {name for name, _ in BACKBONE_REGISTRY if name.startswith("build_fcos_")}
 
 
 def test_every_fcos_backbone_has_a_demo_config():

@@ -7,16 +7,18 @@ import torch
 import fcos_d2  # noqa: F401
 from fcos_d2.modeling.inference import FCOSPostProcessor, decode_boxes
 from fcos_d2.modeling.meta_arch import FCOS
+from fcos_d2.modeling.pipeline import FCOSPredictions
 from fcos_d2.modeling.targets import compute_locations
 
 
 def one_level(probs, ctr, dists, height=2, width=2, stride=8):
-    """Head outputs of a single image, single level: probs (R, K), ctr (R,), dists (R, 4)."""
+    """Head outputs of a single image, single level: probs (R, K), ctr (R,), dists (R, 4),
+    as the post-processor's (predictions,) argument."""
     locations = [compute_locations(height, width, stride)]
     logits = [torch.tensor(probs).logit()[None]]
     ctrness = [torch.tensor(ctr).logit()[None]]
     box = [torch.tensor(dists, dtype=torch.float32)[None]]
-    return locations, [stride], logits, box, ctrness
+    return (FCOSPredictions(locations, [stride], logits, box, ctrness),)
 
 
 def test_decode_boxes():

@@ -1,6 +1,7 @@
 """FCOS as the RPN of Faster R-CNN (Detectron2's GeneralizedRCNN + StandardROIHeads)."""
 import torch
 
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY, build_model
 from detectron2.utils.events import EventStorage
 
@@ -11,7 +12,10 @@ BOXES = [[[10, 10, 60, 50], [30, 20, 120, 90]], [[0, 0, 40, 40]]]
 
 
 def test_registered_as_fcos():
-    assert PROPOSAL_GENERATOR_REGISTRY.get("FCOS") is FCOSProposalGenerator
+    built = PROPOSAL_GENERATOR_REGISTRY.get("FCOS")(tiny_cfg(two_stage=True), {
+        f"p{i}": ShapeSpec(channels=64, stride=2**i) for i in range(2, 8)
+    })
+    assert type(built) is FCOSProposalGenerator and built.strides == [8, 16, 32, 64, 128]
     model = build_model(tiny_cfg(two_stage=True))
     assert isinstance(model.proposal_generator, FCOSProposalGenerator)
     assert model.proposal_generator.head.cls_logits.out_channels == 1  # class-agnostic

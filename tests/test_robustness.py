@@ -110,14 +110,14 @@ def test_assignment_of_1000_boxes_in_800x1333_has_bounded_memory():
     xy = torch.rand(1000, 2) * torch.tensor([1200.0, 700.0])
     boxes = torch.cat([xy, xy + torch.rand(1000, 2) * 120 + 4], dim=1)
     classes = torch.randint(0, 80, (1000,))
-    assigner = FCOSTargetAssigner(num_classes=80, strides=strides)
+    assigner = FCOSTargetAssigner(num_classes=80)
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak (VmHWM) to the current RSS
     except OSError:
         pytest.skip("cannot reset the peak RSS")
     before = _peak_rss_mb()["VmRSS"]
-    labels, reg = assigner(locations, [boxes], [classes])
+    labels, reg = assigner(locations, strides, [boxes], [classes])
     extra = _peak_rss_mb()["VmHWM"] - before
     num_pairs = sum(len(l) for l in locations) * 1000  # 22.4M location-box pairs
     # Unchunked, the (R, G, 4) distances alone would take num_pairs * 16 bytes (~360 MB).

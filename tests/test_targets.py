@@ -4,17 +4,19 @@ import math
 import pytest
 import torch
 
-import fcos_d2  # noqa: F401
+import fcos_d2
+from detectron2.modeling import build_model
 from fcos_d2.modeling.targets import FCOSTargetAssigner, centerness_targets, compute_locations
 
 K = 3  # classes; background label is K
 
 
-def assign(assigner, sizes, boxes, classes, crowd=None):
-    """Run the assigner for one image over levels of the given (h, w) sizes."""
-    locations = [compute_locations(h, w, s) for (h, w), s in zip(sizes, assigner.strides)]
+def assign(assigner, sizes, boxes, classes, crowd=None, strides=(8,)):
+    """Run the assigner for one image over levels of the given (h, w) sizes and strides."""
+    locations = [compute_locations(h, w, s) for (h, w), s in zip(sizes, strides)]
     labels, reg = assigner(
         locations,
+        strides,
         [torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)],
         [torch.tensor(classes, dtype=torch.int64)],
         None if crowd is None else [torch.tensor(crowd)],
@@ -30,7 +32,7 @@ def test_locations_are_stride_centres():
 
 
 def test_single_box_targets_normalised_by_stride():
-    a = FCOSTargetAssigner(num_classes=K, strides=[8], sizes_of_interest=[], center_sample=False)
+    a = FCOSTargetAssigner(num_classes=K, sizes_of_interest=[], center_sample=False)
     labels, reg = assign(a, [(3, 3)], [[0, 0, 16, 16]], [2])
     # locations 0 (4,4), 1 (12,4), 3 (4,12), 4 (12,12) lie inside the box.
     assert labels.tolist() == [2, 2, K, 2, 2, K, K, K, K]
@@ -39,7 +41,7 @@ def test_single_box_targets_normalised_by_stride():
 
 
 def test_location_in_two_boxes_takes_smallest_area():
-    a = FCOSTargetAssigner(num_classes=K, strides=[8], sizes_of_interest=[], center_sample=False)
+    a = FCOSTargetAssigner(num_classes=K, sizes_of_interest=[], center_sample=False)
     big, small = [0, 0, 24, 24], [8, 0, 24, 10]
     labels, reg = assign(a, [(3, 3)], [big, small], [0, 1])
     # (12,4) and (20,4) are in both boxes -> the small one (class 1); the rest of the
@@ -50,11 +52,11 @@ def test_location_in_two_boxes_takes_smallest_area():
 
 def test_center_sampling_keeps_only_central_locations():
     box = [[0, 0, 64, 64]]
-    plain = FCOSTargetAssigner(num_classes=K, strides=[8], sizes_of_interest=[], center_sample=False)
+    plain = FCOSTargetAssigner(num_classes=K, sizes_of_interest=[], center_sample=False)
     labels, _ = assign(plain, [(8, 8)], box, [0])
     assert (labels == 0).sum() == 64
     sampled = FCOSTargetAssigner(
-        num_classes=K, strides=[8], sizes_of_interest=[], center_sample=True, pos_radius=1.5
+        num_classes=K, sizes_of_interest=[], center_sample=True, pos_radius=1.5
     )
     labels, _ = assign(sampled, [(8, 8)], box, [0])
     # centre 32, radius 12 -> region (20, 44): x, y in {28, 36}
@@ -64,15 +66,15 @@ def test_center_sampling_keeps_only_central_locations():
 
 def test_center_region_is_clipped_to_the_box():
     # A thin box: radius 1.5 * 8 = 12 exceeds its half height 3, so the region is the box.
-    a = FCOSTargetAssigner(num_classes=K, strides=[8], sizes_of_interest=[], center_sample=True)
+    a = FCOSTargetAssigner(num_classes=K, sizes_of_interest=[], center_sample=True)
     labels, _ = assign(a, [(4, 8)], [[0, 9, 64, 15]], [1])
     pos = (labels.view(4, 8) == 1).nonzero().tolist()
     assert pos == [[1, 3], [1, 4]]  # row y=12 (inside 9..15); x=28, 36 in (20, 44)
 
 
 def test_level_ranges_send_large_boxes_up():
-    a = FCOSTargetAssigner(num_classes=K, strides=[8, 16], sizes_of_interest=[64], center_sample=False)
-    labels, reg = assign(a, [(13, 13), (7, 7)], [[0, 0, 100, 100]], [0])
+    a = FCOSTargetAssigner(num_classes=K, sizes_of_interest=[64], center_sample=False)
+    labels, reg = assign(a, [(13, 13), (7, 7)], [[0, 0, 100, 100]], [0], strides=(8, 16))
     level1, level2 = labels[:169].view(13, 13), labels[169:].view(7, 7)
     # Level 1 (stride 8): a location is positive only when max(l,t,r,b) <= 64, i.e. both
     # coordinates in [36, 64]: x, y in {36, 44, 52, 60} -> 16 locations.
@@ -87,14 +89,14 @@ def test_level_ranges_send_large_boxes_up():
 
 
 def test_crowd_boxes_are_never_positive_and_their_negatives_ignored():
-    a = FCOSTargetAssigner(num_classes=K, strides=[8], sizes_of_interest=[], center_sample=False)
+    a = FCOSTargetAssigner(num_classes=K, sizes_of_interest=[], center_sample=False)
     labels, _ = assign(a, [(3, 3)], [[0, 0, 24, 24], [0, 0, 8, 8]], [0, 1], crowd=[True, False])
     # (4, 4) is inside the normal box -> positive; the other 8 are inside the crowd box.
     assert labels.tolist() == [1] + [-1] * 8
 
 
 def test_image_without_boxes_is_all_background():
-    a = FCOSTargetAssigner(num_classes=K, strides=[8], sizes_of_interest=[])
+    a = FCOSTargetAssigner(num_classes=K, sizes_of_interest=[])
     labels, reg = assign(a, [(2, 2)], [], [])
     assert labels.tolist() == [K] * 4
     assert reg.abs().sum() == 0
@@ -107,9 +109,12 @@ def test_chunked_assignment_equals_unchunked():
     boxes = torch.cat([xy, xy + wh], dim=1).tolist()
     classes = torch.randint(0, K, (50,)).tolist()
     sizes = [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]
-    kwargs = dict(num_classes=K, strides=[8, 16, 32, 64, 128])
-    full = assign(FCOSTargetAssigner(**kwargs), sizes, boxes, classes)
-    chunked = assign(FCOSTargetAssigner(**kwargs, max_pairs_per_chunk=500), sizes, boxes, classes)
+    strides = (8, 16, 32, 64, 128)
+    full = assign(FCOSTargetAssigner(num_classes=K), sizes, boxes, classes, strides=strides)
+    chunked = assign(
+        FCOSTargetAssigner(num_classes=K, max_pairs_per_chunk=500),
+        sizes, boxes, classes, strides=strides,
+    )
     assert torch.equal(full[0], chunked[0])
     assert torch.equal(full[1], chunked[1])
     assert (full[0] < K).sum() > 20  # the case is not trivial
@@ -121,5 +126,9 @@ def test_centerness_targets():
 
 
 def test_wrong_number_of_sizes_of_interest_is_refused():
-    with pytest.raises(ValueError, match="SIZES_OF_INTEREST"):
-        FCOSTargetAssigner(num_classes=K, strides=[8, 16, 32], sizes_of_interest=[64])
+    assigner = FCOSTargetAssigner(num_classes=K, sizes_of_interest=[64])  # 2 levels
+    with pytest.raises(ValueError, match="SIZES_OF_INTEREST needs 2 values for 3 levels"):
+        assign(assigner, [(4, 4), (2, 2), (1, 1)], [], [], strides=(8, 16, 32))
+    cfg = fcos_d2.setup_cfg("configs/Base-FCOS.yaml", ["MODEL.FCOS.SIZES_OF_INTEREST", "[64]"])
+    with pytest.raises(ValueError, match="SIZES_OF_INTEREST needs 4 values for 5 levels"):
+        build_model(cfg)  # refused when the model is built, before any data

@@ -61,11 +61,9 @@ model = L(FCOS)(
         centerness_on_reg=True,
         use_deformable=False,
     ),
-    head_in_features=["p3", "p4", "p5", "p6", "p7"],
-    strides=[8, 16, 32, 64, 128],
+    head_in_features=["p3", "p4", "p5", "p6", "p7"],  # strides read from the backbone
     target_assigner=L(FCOSTargetAssigner)(
         num_classes="${..head.num_classes}",
-        strides="${..strides}",
         sizes_of_interest=[64, 128, 256, 512],
         center_sample=True,
         pos_radius=1.5,

@@ -5,6 +5,7 @@ from .head import FCOSHead
 from .inference import FCOSPostProcessor
 from .losses import FCOSLosses
 from .meta_arch import FCOS
+from .pipeline import FCOSPipeline, FCOSPredictions
 from .proposal_generator import FCOSProposalGenerator
 from .targets import FCOSTargetAssigner, compute_locations
 
@@ -12,6 +13,8 @@ __all__ = [
     "FCOS",
     "FCOSHead",
     "FCOSLosses",
+    "FCOSPipeline",
+    "FCOSPredictions",
     "FCOSPostProcessor",
     "FCOSProposalGenerator",
     "FCOSTargetAssigner",

@@ -1,15 +1,24 @@
 """FCOS post-processing: dense head outputs -> scored, class-aware-NMS'ed boxes."""
+import logging
 import math
-from typing import List, Tuple
+from typing import TYPE_CHECKING, List, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
+from torchvision.ops import batched_nms
 
 from detectron2.config import configurable
-from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, Instances
+from detectron2.utils.logger import log_every_n_seconds
 
-__all__ = ["FCOSPostProcessor", "decode_boxes"]
+if TYPE_CHECKING:  # pipeline imports this module
+    from .pipeline import FCOSPredictions
+
+__all__ = ["FCOSPostProcessor", "decode_boxes", "clip_boxes", "to_instances"]
+
+logger = logging.getLogger(__name__)
+
+Size = Tuple[Union[int, Tensor], Union[int, Tensor]]
 
 
 def _logit(p: float) -> float:
@@ -20,20 +29,46 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def decode_boxes(points: Tensor, dists: Tensor, strides: Tensor) -> Tensor:
+def decode_boxes(points: Tensor, dists: Tensor, stride: float) -> Tensor:
     """(M, 2) points and (M, 4) ltrb distances in stride units -> (M, 4) XYXY boxes."""
-    dists = dists * strides[:, None]
+    dists = dists * stride
     return torch.cat([points - dists[:, :2], points + dists[:, 2:]], dim=1)
 
 
+def clip_boxes(boxes: Tensor, image_size: Size) -> Tensor:
+    """(M, 4) XYXY boxes clipped to [0, width] x [0, height].
+
+    ``image_size`` may hold tensors (an exported graph's dynamic size).
+    """
+    height, width = (torch.as_tensor(s, dtype=boxes.dtype, device=boxes.device) for s in image_size)
+    upper = torch.stack([width, height, width, height])
+    return torch.minimum(boxes.clamp(min=0), upper)
+
+
+def to_instances(
+    boxes: Tensor, scores: Tensor, classes: Tensor, image_size: Tuple[int, int]
+) -> Instances:
+    """Detections as Detectron2's ``Instances`` (pred_boxes, scores, pred_classes)."""
+    result = Instances(image_size)
+    result.pred_boxes = Boxes(boxes)
+    result.scores = scores
+    result.pred_classes = classes
+    return result
+
+
 class FCOSPostProcessor:
-    """Turns per-level head outputs of one batch into detections per image.
+    """Turns the head's predictions for a batch into detections per image.
 
     Per level: keep (location, class) pairs whose class probability (or cls * ctr with
     ``thresh_with_ctr``) passes ``score_thresh``, then the ``pre_nms_topk`` best by
-    cls * ctr; the final score is sqrt(cls * ctr) (or cls * ctr); then
-    class-aware NMS over all levels and at most ``post_nms_topk`` detections. Boxes whose
-    width or height (after clipping to the image) is not above ``min_box_size`` are dropped.
+    cls * ctr; the final score is sqrt(cls * ctr) (or cls * ctr); then class-aware NMS
+    over all levels and at most ``post_nms_topk`` detections. Boxes whose width or
+    height (after clipping to the image) is not above ``min_box_size`` are dropped, and
+    so are candidates with a non-finite box or score (a diverging or overflowed head),
+    counted in a log line.
+
+    :meth:`detect_image` is the whole computation for one image on tensors; it can be
+    traced (``torch.jit.trace``, ONNX export).
     """
 
     @configurable
@@ -69,43 +104,51 @@ class FCOSPostProcessor:
         }
 
     def __call__(
-        self,
-        locations: List[Tensor],
-        strides: List[int],
-        logits: List[Tensor],
-        box_dists: List[Tensor],
-        ctrness: List[Tensor],
-        image_sizes: List[Tuple[int, int]],
+        self, predictions: "FCOSPredictions", image_sizes: List[Tuple[int, int]]
     ) -> List[Instances]:
         """
         Args:
-            locations: per level, (Ri, 2) image coordinates.
-            strides: per level, its stride.
-            logits, box_dists, ctrness: per level, (N, Ri, K), (N, Ri, 4), (N, Ri).
+            predictions: the batch's per-level head outputs.
             image_sizes: per image, (height, width) of the input before padding.
 
         Returns:
             per image, Instances with ``pred_boxes``, ``scores``, ``pred_classes`` in
-            input-image coordinates (clipped to the image).
+            input-image coordinates (clipped to the image), best score first.
         """
-        results = []
-        for n, image_size in enumerate(image_sizes):
-            per_level = [
-                self.select_level(loc, stride, lg[n], bd[n], ct[n])
-                for loc, stride, lg, bd, ct in zip(locations, strides, logits, box_dists, ctrness)
-            ]
-            boxes, scores, classes = (torch.cat(x) for x in zip(*per_level))
-            results.append(self.nms(boxes, scores, classes, image_size))
-        return results
+        return [
+            to_instances(*self.detect_image(predictions, n, image_size), image_size)
+            for n, image_size in enumerate(image_sizes)
+        ]
+
+    def detect_image(
+        self, predictions: "FCOSPredictions", n: int, image_size: Size
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Detections of image ``n``: (D, 4) boxes, (D,) scores, (D,) classes."""
+        per_level = [
+            self.select_level(points, stride, logits[n], dists[n], ctrness[n])
+            for points, stride, logits, dists, ctrness in zip(
+                predictions.locations,
+                predictions.strides,
+                predictions.logits,
+                predictions.box_dists,
+                predictions.ctrness,
+            )
+        ]
+        boxes, scores, classes = (torch.cat(x) for x in zip(*per_level))
+        return self.nms(boxes, scores, classes, image_size)
 
     def select_level(
         self, points: Tensor, stride: int, logits: Tensor, dists: Tensor, ctrness: Tensor
     ) -> Tuple[Tensor, Tensor, Tensor]:
         """Thresholded top-k candidates of one level of one image: boxes, scores, classes.
 
+        Args:
+            points: (R, 2); logits: (R, K); dists: (R, 4); ctrness: (R,).
+
         Few (location, class) pairs pass the threshold in a trained model: those are
-        gathered and only their sigmoids taken. When more than ``pre_nms_topk`` pass, one
-        dense top-k over the whole (R, K) score map is cheaper than gathering them all.
+        gathered and only their sigmoids taken. When more than ``pre_nms_topk`` pass
+        (and always while tracing, where the count is not known), one dense top-k over
+        the whole (R, K) score map is cheaper than gathering them all.
         """
         ctr_prob = ctrness.sigmoid()  # (R,)
         if self.thresh_with_ctr:
@@ -115,12 +158,10 @@ class FCOSPostProcessor:
             # sigmoid(x) > t  <=>  x > logit(t): threshold the logits, no sigmoid needed
             dense = None
             passing = logits > _logit(self.score_thresh)
-        if int(passing.count_nonzero()) > self.pre_nms_topk:
+        if torch.jit.is_tracing() or int(passing.count_nonzero()) > self.pre_nms_topk:
             if dense is None:
                 dense = logits.sigmoid() * ctr_prob[:, None]
-            # every one of the top k passes: passing scores are >= 0 > the -1 fill
-            scores, flat = torch.where(passing, dense, -1.0).flatten().topk(self.pre_nms_topk)
-            loc_idx, classes = flat // logits.shape[1], flat % logits.shape[1]
+            loc_idx, classes, scores = self.dense_topk(dense, passing)
         else:
             loc_idx, classes = passing.nonzero().unbind(1)  # (M,) each
             if dense is not None:
@@ -129,20 +170,40 @@ class FCOSPostProcessor:
                 scores = logits[loc_idx, classes].sigmoid() * ctr_prob[loc_idx]
         if self.score_sqrt:
             scores = torch.sqrt(scores)
-        stride_t = dists.new_full((len(loc_idx),), float(stride))
-        boxes = decode_boxes(points[loc_idx], dists[loc_idx].to(points.dtype), stride_t)
+        boxes = decode_boxes(points[loc_idx], dists[loc_idx].to(points.dtype), float(stride))
         return boxes, scores, classes
 
+    def dense_topk(self, dense: Tensor, passing: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """The ``pre_nms_topk`` best passing pairs of an (R, K) score map: location
+        indices, classes and scores (cls * ctr)."""
+        num_classes = dense.shape[1]
+        # passing scores are >= 0 > the -1 fill; the padding makes k <= the numel always
+        flat = torch.where(passing, dense, -1.0).flatten()
+        flat = torch.cat([flat, flat.new_full((self.pre_nms_topk,), -1.0)])
+        scores, index = flat.topk(self.pre_nms_topk)
+        keep = scores >= 0
+        scores, index = scores[keep], index[keep]
+        return index // num_classes, index % num_classes, scores
+
     def nms(
-        self, boxes: Tensor, scores: Tensor, classes: Tensor, image_size: Tuple[int, int]
-    ) -> Instances:
-        boxes = Boxes(boxes)
-        boxes.clip(image_size)
-        keep = boxes.nonempty(threshold=self.min_box_size)
+        self, boxes: Tensor, scores: Tensor, classes: Tensor, image_size: Size
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Clip, drop non-finite and small boxes, class-aware NMS, top-k: (D, 4) boxes,
+        (D,) scores and (D,) classes, best score first."""
+        finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
+        if not torch.jit.is_tracing():
+            dropped = len(finite) - int(finite.count_nonzero())
+            if dropped:
+                log_every_n_seconds(
+                    logging.WARNING,
+                    f"FCOS post-processing dropped {dropped} candidates with a non-finite "
+                    "box or score (the head's outputs overflowed or diverged)",
+                    n=10,
+                    name=__name__,
+                )
+        boxes = clip_boxes(boxes, image_size)
+        widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        keep = finite & (widths > self.min_box_size) & (heights > self.min_box_size)
         boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
-        keep = batched_nms(boxes.tensor, scores, classes, self.nms_thresh)[: self.post_nms_topk]
-        result = Instances(image_size)
-        result.pred_boxes = boxes[keep]
-        result.scores = scores[keep]
-        result.pred_classes = classes[keep]
-        return result
+        keep = batched_nms(boxes, scores, classes, self.nms_thresh)[: self.post_nms_topk]
+        return boxes[keep], scores[keep], classes[keep]

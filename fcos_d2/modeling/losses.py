@@ -18,6 +18,7 @@ LOC_LOSS_TYPES = ("iou", "linear_iou", "giou")
 CLS_NORMALIZERS = ("fg", "moving_fg", "all")
 BOX_QUALITIES = ("ctrness", "iou")
 _EPS = 1e-6
+MOVING_NUM_FG_INIT = 100.0  # as in AdelaiDet
 
 
 def mean_over_workers(value: Tensor) -> Tensor:
@@ -110,8 +111,19 @@ class FCOSLosses(nn.Module):
         self.cls_normalizer = cls_normalizer
         self.box_quality = box_quality
         self.moving_fg_momentum = moving_fg_momentum
-        # running mean of the positives per batch, for cls_normalizer="moving_fg"
-        self.register_buffer("moving_num_fg", torch.tensor(100.0))
+        # Running mean of the positives per batch, for cls_normalizer="moving_fg". It is
+        # training state (saved, so a resumed run continues exactly), not a weight:
+        # weights from elsewhere, without it, load and start it at its initial value.
+        self.register_buffer("moving_num_fg", torch.tensor(MOVING_NUM_FG_INIT))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):  # fmt: skip
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        key = prefix + "moving_num_fg"
+        if key in missing_keys:  # weights without training state: keep the initial value
+            missing_keys.remove(key)
 
     @classmethod
     def from_config(cls, cfg):

@@ -1,8 +1,8 @@
 """The one-stage FCOS detector as a Detectron2 meta-architecture."""
-from typing import Dict, List, Tuple
+from typing import Dict, List, Tuple, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, detector_postprocess
@@ -12,67 +12,69 @@ from .fold_bn import FoldedBatchNormCache
 from .head import FCOSHead
 from .inference import FCOSPostProcessor
 from .losses import FCOSLosses
-from .outputs import check_strides, fcos_losses, level_locations, per_level_predictions
+from .memory_format import channels_last_modes
+from .pipeline import FCOSPipeline, check_strides
 from .targets import FCOSTargetAssigner
 
 __all__ = ["FCOS"]
 
-# Detectron2 >= 0.6 ships a LazyConfig-only FCOS under the same registry name; ours
-# replaces it so that ``MODEL.META_ARCHITECTURE: "FCOS"`` builds this implementation.
-META_ARCH_REGISTRY._obj_map.pop("FCOS", None)
-
 
 @META_ARCH_REGISTRY.register()
-class FCOS(nn.Module):
-    """FCOS: backbone -> FCOS head on P3-P7 -> per-location targets / detections."""
+class FCOS(FCOSPipeline):
+    """FCOS: backbone -> FCOS head on P3-P7 -> per-location targets / detections.
+
+    The steps after the backbone are :class:`~fcos_d2.modeling.pipeline.FCOSPipeline`'s,
+    shared with the FCOS proposal generator, the exported graph and TTA.
+    """
 
     @configurable
     def __init__(
         self,
         *,
         backbone: Backbone,
-        head: nn.Module,
+        head: torch.nn.Module,
         head_in_features: List[str],
-        strides: List[int],
         target_assigner: FCOSTargetAssigner,
         losses: FCOSLosses,
         postprocessor: FCOSPostProcessor,
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
-        channels_last: bool = False,
+        channels_last: Union[bool, Tuple[bool, bool]] = False,
         fold_bn_at_test: bool = False,
     ):
         """
         Args:
-            backbone: gives at least the ``head_in_features`` maps.
+            backbone: gives at least the ``head_in_features`` maps; their strides are
+                read from its ``output_shape()``.
             head: maps those features to per-level (logits, box distances, centerness).
             head_in_features: e.g. ["p3", "p4", "p5", "p6", "p7"].
-            strides: stride of each of those features.
             target_assigner, losses, postprocessor: see their classes.
             pixel_mean, pixel_std: per-channel input normalisation.
-            channels_last: keep conv weights and activations in NHWC memory format
-                (faster convolutions on CPU; same results up to float rounding).
+            channels_last: (in training, at inference), or one bool for both: keep conv
+                weights and activations in NHWC memory format in that mode (same results up to float rounding;
+                see :mod:`fcos_d2.modeling.memory_format` for which is faster where).
             fold_bn_at_test: at inference without autograd, run a copy of the backbone
                 with its BatchNorms folded into the preceding convolutions
                 (:func:`fcos_d2.modeling.fold_bn.fold_batchnorm`); same results up to
                 float rounding. The copy is rebuilt when the weights change.
         """
-        super().__init__()
-        check_strides(backbone.output_shape(), head_in_features, strides)
+        super().__init__(
+            head=head,
+            in_features=head_in_features,
+            strides=check_strides(backbone.output_shape(), head_in_features, None),
+            target_assigner=target_assigner,
+            losses=losses,
+            postprocessor=postprocessor,
+        )
         self.backbone = backbone
-        self.head = head
-        self.head_in_features = list(head_in_features)
-        self.strides = [int(s) for s in strides]
-        self.target_assigner = target_assigner
-        self.losses = losses
-        self.postprocessor = postprocessor
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        self.channels_last = channels_last
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
+        if isinstance(channels_last, bool):
+            channels_last = (channels_last, channels_last)
+        self.channels_last_modes = tuple(bool(x) for x in channels_last)
         self.fold_bn_at_test = fold_bn_at_test
         self._folded_backbone = FoldedBatchNormCache()
+        self._apply_memory_format()
 
     @classmethod
     def from_config(cls, cfg):
@@ -84,24 +86,41 @@ class FCOS(nn.Module):
             "backbone": backbone,
             "head": FCOSHead(cfg, [shapes[f] for f in in_features]),
             "head_in_features": in_features,
-            "strides": cfg.MODEL.FCOS.FPN_STRIDES,
             "target_assigner": FCOSTargetAssigner(cfg),
             "losses": FCOSLosses(cfg),
             "postprocessor": FCOSPostProcessor(cfg, is_train=False),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "channels_last": cfg.MODEL.FCOS.CHANNELS_LAST,
+            "channels_last": channels_last_modes(cfg),
             "fold_bn_at_test": cfg.MODEL.FCOS.FOLD_BN_AT_TEST,
         }
+
+    @property
+    def head_in_features(self) -> List[str]:
+        return self.in_features
 
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
+    @property
+    def channels_last(self) -> bool:
+        """Whether the current mode (training or inference) runs in NHWC."""
+        return self.channels_last_modes[0 if self.training else 1]
+
     def train(self, mode: bool = True):
         if mode:
             self._folded_backbone.clear()  # stale once training changes the weights
-        return super().train(mode)
+        super().train(mode)
+        self._apply_memory_format()
+        return self
+
+    def _apply_memory_format(self) -> None:
+        """Lay the conv weights out for the current mode (a no-op when they already are)."""
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        weight = next((p for p in self.parameters() if p.dim() == 4), None)
+        if weight is not None and not weight.is_contiguous(memory_format=memory_format):
+            self.to(memory_format=memory_format)
 
     def inference_backbone(self) -> Backbone:
         """The backbone to run: its BatchNorm-folded copy at inference without autograd,
@@ -130,23 +149,19 @@ class FCOS(nn.Module):
         """
         images = self.preprocess_image(batched_inputs)
         features = self.inference_backbone()(images.tensor)
-        features = [features[f] for f in self.head_in_features]
-        logits, box_dists, ctrness = self.head(features)
-        locations = level_locations(features, self.strides)
-
+        predictions = self.predict(features)
         if self.training:
-            gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
-            return fcos_losses(
-                self.target_assigner, self.losses, locations, logits, box_dists, ctrness,
-                gt_instances,
-            )
+            return self.forward_training(predictions, batched_inputs)
+        return self.forward_inference(predictions, images, batched_inputs)
 
-        results = self.postprocessor(
-            locations,
-            self.strides,
-            *per_level_predictions(logits, box_dists, ctrness),
-            images.image_sizes,
-        )
+    def forward_training(self, predictions, batched_inputs) -> Dict[str, Tensor]:
+        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        return self.losses_of(predictions, gt_instances)
+
+    def forward_inference(
+        self, predictions, images: ImageList, batched_inputs
+    ) -> List[Dict[str, Instances]]:
+        results = self.detect(predictions, images.image_sizes)
         return self.postprocess_to_original(results, batched_inputs, images.image_sizes)
 
     @staticmethod

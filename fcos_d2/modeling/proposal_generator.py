@@ -12,19 +12,19 @@ from detectron2.structures import ImageList, Instances
 from .head import FCOSHead
 from .inference import FCOSPostProcessor
 from .losses import FCOSLosses
-from .outputs import check_strides, fcos_losses, level_locations, per_level_predictions
+from .pipeline import FCOSPipeline, check_strides
 from .targets import FCOSTargetAssigner
 
 __all__ = ["FCOSProposalGenerator"]
 
 
-class FCOSProposalGenerator(nn.Module):
+class FCOSProposalGenerator(FCOSPipeline):
     """The FCOS head, targets, losses and post-processing, used as an RPN.
 
     Returns Detectron2's proposal convention: per image an ``Instances`` with
     ``proposal_boxes`` (in the padded input's coordinates, clipped to the image) and
     ``objectness_logits`` (sorted, highest first), plus the FCOS losses in training.
-    Registered as ``PROPOSAL_GENERATOR_REGISTRY["FCOS"]``.
+    Registered as ``PROPOSAL_GENERATOR_REGISTRY["FCOS"]`` (see :func:`FCOS` below).
     """
 
     @configurable
@@ -40,21 +40,30 @@ class FCOSProposalGenerator(nn.Module):
         postprocessor_test: FCOSPostProcessor,
         class_agnostic: bool = True,
     ):
-        super().__init__()
-        self.head = head
-        self.in_features = list(in_features)
-        self.strides = [int(s) for s in strides]
-        self.target_assigner = target_assigner
-        self.losses = losses
-        self.postprocessor_train = postprocessor_train
-        self.postprocessor_test = postprocessor_test
+        """
+        Args:
+            head, in_features, strides, target_assigner, losses: see
+                :class:`FCOSPipeline` (``from_config`` reads the strides from the
+                backbone's output shapes).
+            postprocessor_train, postprocessor_test: proposals in training / at inference.
+            class_agnostic: one "object" class (every ground-truth box is class 0).
+        """
+        super().__init__(
+            head=head,
+            in_features=in_features,
+            strides=strides,
+            target_assigner=target_assigner,
+            losses=losses,
+            postprocessor=postprocessor_test,
+            postprocessor_train=postprocessor_train,
+        )
         self.class_agnostic = class_agnostic
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         fcos, rpn = cfg.MODEL.FCOS, cfg.MODEL.FCOS.RPN
         in_features = fcos.IN_FEATURES
-        check_strides(input_shape, in_features, fcos.FPN_STRIDES)
+        strides = check_strides(input_shape, in_features, fcos.FPN_STRIDES)
         num_classes = 1 if rpn.CLASS_AGNOSTIC else fcos.NUM_CLASSES
         head_args = FCOSHead.from_config(cfg, [input_shape[f] for f in in_features])
         assigner_args = FCOSTargetAssigner.from_config(cfg)
@@ -74,7 +83,7 @@ class FCOSProposalGenerator(nn.Module):
         return {
             "head": FCOSHead(**{**head_args, "num_classes": num_classes}),
             "in_features": in_features,
-            "strides": fcos.FPN_STRIDES,
+            "strides": strides,
             "target_assigner": FCOSTargetAssigner(**{**assigner_args, "num_classes": num_classes}),
             "losses": FCOSLosses(**{**loss_args, "num_classes": num_classes}),
             "postprocessor_train": postprocessor("TRAIN"),
@@ -88,36 +97,27 @@ class FCOSProposalGenerator(nn.Module):
         features: Dict[str, Tensor],
         gt_instances: Optional[List[Instances]] = None,
     ) -> Tuple[List[Instances], Dict[str, Tensor]]:
-        features = [features[f] for f in self.in_features]
-        logits, box_dists, ctrness = self.head(features)
-        locations = level_locations(features, self.strides)
-
+        predictions = self.predict(features)
         losses = {}
         if self.training:
             if gt_instances is None:
                 raise ValueError("FCOSProposalGenerator needs gt_instances in training")
-            losses = fcos_losses(
-                self.target_assigner, self.losses, locations, logits, box_dists, ctrness,
-                gt_instances, class_agnostic=self.class_agnostic,
-            )
-        postprocessor = self.postprocessor_train if self.training else self.postprocessor_test
+            losses = self.losses_of(predictions, gt_instances, self.class_agnostic)
         with torch.no_grad():
-            detections = postprocessor(
-                locations,
-                self.strides,
-                *per_level_predictions(logits, box_dists, ctrness),
-                images.image_sizes,
-            )
+            detections = self.detect(predictions, images.image_sizes)
         return [self.to_proposals(d) for d in detections], losses
 
     @staticmethod
     def to_proposals(detections: Instances) -> Instances:
         """Detections (sorted by score) -> ``proposal_boxes`` + ``objectness_logits``."""
-        order = detections.scores.argsort(descending=True)
         proposals = Instances(detections.image_size)
-        proposals.proposal_boxes = detections.pred_boxes[order]
-        proposals.objectness_logits = torch.logit(detections.scores[order], eps=1e-6)
+        proposals.proposal_boxes = detections.pred_boxes
+        proposals.objectness_logits = torch.logit(detections.scores, eps=1e-6)
         return proposals
 
 
-PROPOSAL_GENERATOR_REGISTRY._do_register("FCOS", FCOSProposalGenerator)
+@PROPOSAL_GENERATOR_REGISTRY.register()
+def FCOS(cfg, input_shape: Dict[str, ShapeSpec]) -> FCOSProposalGenerator:  # noqa: N802
+    """``PROPOSAL_GENERATOR.NAME: "FCOS"`` builds :class:`FCOSProposalGenerator`
+    (Detectron2's registry names an entry after the object registered)."""
+    return FCOSProposalGenerator(cfg, input_shape)

@@ -1,4 +1,5 @@
 """FCOS target assignment: which ground-truth box, if any, each location regresses."""
+from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -33,6 +34,22 @@ def centerness_targets(reg_targets: Tensor) -> Tensor:
     return torch.sqrt(ratio.clamp(min=0))
 
 
+@lru_cache(maxsize=32)
+def _level_attributes(
+    level_sizes: Tuple[int, ...],
+    strides: Tuple[int, ...],
+    size_ranges: Tuple[Tuple[float, float], ...],
+    device: torch.device,
+) -> Tuple[Tensor, Tensor]:
+    stride = torch.cat(
+        [torch.full((n,), float(s), device=device) for n, s in zip(level_sizes, strides)]
+    )  # (R,)
+    ranges = torch.cat(
+        [torch.tensor(r, device=device).expand(n, 2) for n, r in zip(level_sizes, size_ranges)]
+    )  # (R, 2)
+    return stride, ranges
+
+
 class FCOSTargetAssigner:
     """Assigns every location of every level to at most one ground-truth box.
 
@@ -48,7 +65,6 @@ class FCOSTargetAssigner:
         self,
         *,
         num_classes: int,
-        strides: Sequence[int],
         sizes_of_interest: Sequence[float] = (64, 128, 256, 512),
         center_sample: bool = True,
         pos_radius: float = 1.5,
@@ -57,20 +73,17 @@ class FCOSTargetAssigner:
         """
         Args:
             num_classes: K; background locations get label K.
-            strides: stride of every level, e.g. (8, 16, 32, 64, 128).
-            sizes_of_interest: the L - 1 boundaries between the levels' ranges, so level
-                i takes max distances in [soi[i-1], soi[i]] (open-ended at both ends).
+            sizes_of_interest: the L - 1 boundaries between the L levels' ranges, so
+                level i takes max distances in [soi[i-1], soi[i]] (open-ended at both
+                ends).
             max_pairs_per_chunk: bound on locations x boxes handled at once (memory).
+
+        The levels' strides are not kept here: they come with the locations at each
+        call, from the one place that knows them (the backbone's output shapes).
         """
-        if len(sizes_of_interest) != len(strides) - 1:
-            raise ValueError(
-                f"MODEL.FCOS.SIZES_OF_INTEREST needs {len(strides) - 1} values for "
-                f"{len(strides)} levels, got {list(sizes_of_interest)}"
-            )
         self.num_classes = num_classes
-        self.strides = list(strides)
         bounds = [-1.0] + [float(s) for s in sizes_of_interest] + [INF]
-        self.size_ranges = list(zip(bounds[:-1], bounds[1:]))
+        self.size_ranges = tuple(zip(bounds[:-1], bounds[1:]))
         self.center_sample = center_sample
         self.pos_radius = pos_radius
         self.max_pairs_per_chunk = max_pairs_per_chunk
@@ -80,26 +93,37 @@ class FCOSTargetAssigner:
         fcos = cfg.MODEL.FCOS
         return {
             "num_classes": fcos.NUM_CLASSES,
-            "strides": fcos.FPN_STRIDES,
             "sizes_of_interest": fcos.SIZES_OF_INTEREST,
             "center_sample": fcos.CENTER_SAMPLE,
             "pos_radius": fcos.POS_RADIUS,
         }
 
-    def level_attributes(self, locations: List[Tensor]) -> Tuple[Tensor, Tensor]:
-        """Per-location stride (R,) and size-of-interest range (R, 2) for all levels."""
-        strides = torch.cat(
-            [loc.new_full((len(loc),), float(s)) for loc, s in zip(locations, self.strides)]
+    def check_num_levels(self, num_levels: int) -> None:
+        """Fail, naming the key, unless there is one size range per level."""
+        if len(self.size_ranges) != num_levels:
+            raise ValueError(
+                f"MODEL.FCOS.SIZES_OF_INTEREST needs {num_levels - 1} values for "
+                f"{num_levels} levels, got {[b for _, b in self.size_ranges[:-1]]}"
+            )
+
+    def level_attributes(
+        self, locations: List[Tensor], strides: Sequence[int]
+    ) -> Tuple[Tensor, Tensor]:
+        """Per-location stride (R,) and size-of-interest range (R, 2) for all levels
+        (cached per level sizes; do not modify them in place)."""
+        self.check_num_levels(len(locations))
+        return _level_attributes(
+            tuple(len(loc) for loc in locations),
+            tuple(int(s) for s in strides),
+            self.size_ranges,
+            locations[0].device,
         )
-        ranges = torch.cat(
-            [loc.new_tensor(r).expand(len(loc), 2) for loc, r in zip(locations, self.size_ranges)]
-        )
-        return strides, ranges
 
     @torch.no_grad()
     def __call__(
         self,
         locations: List[Tensor],
+        strides: Sequence[int],
         gt_boxes: List[Tensor],
         gt_classes: List[Tensor],
         gt_is_crowd: Optional[List[Optional[Tensor]]] = None,
@@ -107,6 +131,7 @@ class FCOSTargetAssigner:
         """
         Args:
             locations: per level, (Ri, 2) image coordinates from :func:`compute_locations`.
+            strides: per level, its stride.
             gt_boxes: per image, (Gn, 4) XYXY boxes in input-image coordinates.
             gt_classes: per image, (Gn,) class indices in [0, K).
             gt_is_crowd: per image, optional (Gn,) bools.
@@ -117,7 +142,7 @@ class FCOSTargetAssigner:
                 (only meaningful at positives).
         """
         points = torch.cat(locations, dim=0)
-        strides, ranges = self.level_attributes(locations)
+        strides, ranges = self.level_attributes(locations, strides)
         labels, reg_targets = [], []
         for n, (boxes, classes) in enumerate(zip(gt_boxes, gt_classes)):
             crowd = None if gt_is_crowd is None else gt_is_crowd[n]

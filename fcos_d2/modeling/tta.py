@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from detectron2.modeling import DatasetMapperTTA, GeneralizedRCNN, GeneralizedRCNNWithTTA
 from detectron2.structures import Instances
 
-from .inference import FCOSPostProcessor
+from .inference import FCOSPostProcessor, to_instances
 
 __all__ = ["FCOSWithTTA", "with_tta", "maybe_add_tta"]
 
@@ -86,7 +86,7 @@ class FCOSWithTTA(nn.Module):
         self, boxes: Tensor, scores: Tensor, classes: Tensor, image_size
     ) -> Instances:
         """Class-aware NMS over the detections of all augmentations."""
-        return self.merger.nms(boxes, scores, classes, image_size)
+        return to_instances(*self.merger.nms(boxes, scores, classes, image_size), image_size)
 
 
 def with_tta(cfg, model: nn.Module) -> nn.Module:
