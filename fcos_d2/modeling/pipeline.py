@@ -106,16 +106,6 @@ class FCOSPredictions:
             ctrness=[c.flatten(1) for c in ctrness],
         )
 
-    def image(self, n: int) -> "FCOSPredictions":
-        """The predictions of image ``n`` alone, as a batch of one."""
-        return FCOSPredictions(
-            self.locations,
-            self.strides,
-            [x[n: n + 1] for x in self.logits],
-            [x[n: n + 1] for x in self.box_dists],
-            [x[n: n + 1] for x in self.ctrness],
-        )
-
 
 class FCOSPipeline(nn.Module):
     """Head, targets, losses and post-processing of FCOS over the levels ``in_features``.
