@@ -4,18 +4,22 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from fcos_d2 import setup_cfg
 from fcos_d2.data import synthetic
 from fcos_d2.data.synthetic import (
     DEMO_CLASSES,
     SyntheticConfig,
-    center_rule_level,
+    dataset_statistics,
     ensure_demo_dataset,
     generate_image,
     generate_split,
     positive_levels,
 )
+from fcos_d2.data.synthetic.writer import annotation_records, coco_categories
+from fcos_d2.modeling.targets import FCOSTargetAssigner
 
 CONFIG = SyntheticConfig()
 NUM_LAYOUTS = 120
@@ -107,11 +111,77 @@ def test_sizes_span_fpn_levels(layouts):
     boxes = [obj.bbox for objects in layouts for obj in objects if not obj.iscrowd]
     long_sides = [max(w, h) for _, _, w, h in boxes]
     assert min(long_sides) <= 16 and max(long_sides) >= 150
-    # At the box center (largest distance max(w, h) / 2) a 256 px image reaches P3 and P4.
-    assert {center_rule_level(w, h) for _, _, w, h in boxes} == {0, 1}
-    # With FCOS center sampling, big boxes also get positives on P5.
-    reached = {level for box in boxes for level in positive_levels(box)}
-    assert {0, 1, 2} <= reached
+    # Under FCOS's assignment (default MODEL.FCOS, center sampling) the boxes get positives
+    # on P3, P4 and P5. The counts are those of the numpy re-implementation of center
+    # sampling that this module had before it used FCOSTargetAssigner.
+    coco = {
+        "images": [{"id": i + 1, "height": 256, "width": 256} for i in range(NUM_LAYOUTS)],
+        "annotations": [
+            record
+            for i, objects in enumerate(layouts)
+            for record in annotation_records(objects, i + 1)
+        ],
+        "categories": coco_categories(),
+    }
+    stats = dataset_statistics(coco)
+    assert stats["boxes"] == len(boxes) == 494
+    assert stats["boxes_per_level"] == {"P3": 443, "P4": 98, "P5": 16, "P6": 0, "P7": 0}
+
+
+# Worked out by hand, default MODEL.FCOS (center radius 1.5 strides; P3 max distance
+# <= 64, P4 64..128, P5 128..256, ...); locations of stride s at s/2 + k*s.
+POSITIVE_LEVELS = [
+    # 20 px at 110: P3 locations 108, 116 (max distance 12); P4's 104 has 16 < 64.
+    ((100, 100, 120, 120), [True, False, False, False, False]),
+    # 100 px at 150: P3 (148, 148) max distance 52; P4 (168, 168) 68; P5 at most 88.
+    ((100, 100, 200, 200), [True, True, False, False, False]),
+    # 128 px at 128: P3 (124 / 132) 68 > 64; P4 (120 / 136) 72; P5 (112 / 144) 80 < 128.
+    ((64, 64, 192, 192), [False, True, False, False, False]),
+    # the whole image: P4 136 > 128; P5 (112 / 144) 144; P6 (96 / 160) 160 < 256.
+    ((0, 0, 256, 256), [False, False, True, False, False]),
+]
+
+
+def test_positive_levels_known_answers():
+    cfg = setup_cfg(opts=["MODEL.DEVICE", "cpu"])
+    boxes = torch.tensor([box for box, _ in POSITIVE_LEVELS], dtype=torch.float32)
+    levels = positive_levels(boxes, 256, 256, FCOSTargetAssigner(cfg), [8, 16, 32, 64, 128])
+    assert levels.tolist() == [expected for _, expected in POSITIVE_LEVELS]
+
+
+def test_dataset_statistics_counts():
+    """Boxes count alone (the 20 px box inside the 100 px one still reaches P3); crowd
+    boxes and empty images are counted apart."""
+    def ann(image_id, x0, y0, x1, y1, category_id=1, iscrowd=0):
+        return {"image_id": image_id, "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "category_id": category_id, "iscrowd": iscrowd}
+
+    coco = {
+        "images": [{"id": i, "height": 256, "width": 256} for i in (1, 2, 3)],
+        "annotations": [
+            ann(1, *POSITIVE_LEVELS[0][0]),
+            ann(1, *POSITIVE_LEVELS[1][0], category_id=3),
+            ann(1, 0, 0, 256, 256, category_id=2, iscrowd=1),
+            ann(3, *POSITIVE_LEVELS[3][0], category_id=3),
+        ],
+        "categories": coco_categories(),
+    }
+    stats = dataset_statistics(coco)
+    assert stats["images"] == 3 and stats["empty_images"] == 1
+    assert stats["boxes"] == 3 and stats["crowd_annotations"] == 1
+    assert stats["boxes_per_class"] == dict(zip(DEMO_CLASSES, [1, 0, 2, 0, 0]))
+    assert stats["boxes_per_level"] == {"P3": 2, "P4": 1, "P5": 1, "P6": 0, "P7": 0}
+    # The config's assignment keys count. With SIZES_OF_INTEREST [8, 16, 32, 64] (P3 up
+    # to 8, P4 8..16, P5 16..32, P6 32..64, P7 above), max distances: the 20 px box's P3
+    # locations 12 or more, its P4 location (104, 104) 16, its P5 (112, 112) 12; the
+    # 100 px box's P5 locations 56 or more, its P6 (160, 160) 60, its P7 (192, 192) 92;
+    # the whole image's P6 locations 160 or more, its P7 ones 192.
+    small = setup_cfg(
+        opts=["MODEL.DEVICE", "cpu", "MODEL.FCOS.SIZES_OF_INTEREST", "[8, 16, 32, 64]"]
+    )
+    assert dataset_statistics(coco, small)["boxes_per_level"] == {
+        "P3": 0, "P4": 1, "P5": 0, "P6": 1, "P7": 2
+    }
 
 
 def test_objects_stay_visible_and_boxes_are_tight(layouts):
@@ -168,7 +238,7 @@ def test_command_line_summary(tmp_path, capsys):
     synthetic.main(["--root", str(tmp_path), "--num-train", "5", "--num-val", "3"])
     out = capsys.readouterr().out
     assert "train: 5 images" in out and "val: 3 images" in out
-    assert "center rule" in out and "P3=" in out
+    assert "FCOSTargetAssigner" in out and "P3=" in out
 
 
 def test_registered_datasets_load(tmp_path, monkeypatch):

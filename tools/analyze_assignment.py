@@ -70,25 +70,25 @@ class ImageBoxes:
 
 def build_settings(
     cfg: CfgNode, single_stride: Optional[int] = None
-) -> Dict[Tuple[str, bool], FCOSTargetAssigner]:
-    """The four assigners compared, keyed by (levels, center sampling); the other
-    assignment keys as in ``cfg``."""
+) -> Dict[Tuple[str, bool], Tuple[FCOSTargetAssigner, List[int]]]:
+    """The four (assigner, level strides) compared, keyed by (levels, center sampling);
+    the other assignment keys as in ``cfg``."""
     fcos = cfg.MODEL.FCOS
     stride = int(single_stride or fcos.FPN_STRIDES[0])
     levels = {
         f"P{int(math.log2(stride))} only (no FPN)": ([stride], []),
-        "FPN (P3-P7)": (list(fcos.FPN_STRIDES), list(fcos.SIZES_OF_INTEREST)),
+        "FPN (P3-P7)": ([int(s) for s in fcos.FPN_STRIDES], list(fcos.SIZES_OF_INTEREST)),
     }
     settings = {}
     for level_name, (strides, sizes) in levels.items():
         for center_sample in (False, True):
-            settings[(level_name, center_sample)] = FCOSTargetAssigner(
+            assigner = FCOSTargetAssigner(
                 num_classes=fcos.NUM_CLASSES,
-                strides=strides,
                 sizes_of_interest=sizes,
                 center_sample=center_sample,
                 pos_radius=fcos.POS_RADIUS,
             )
+            settings[(level_name, center_sample)] = (assigner, strides)
     return settings
 
 
@@ -119,14 +119,16 @@ def image_boxes(record: dict, cfg: CfgNode) -> ImageBoxes:
     return ImageBoxes(new_h, new_w, boxes[keep], classes[keep], crowd[keep])
 
 
-def count_image(assigner: FCOSTargetAssigner, image: ImageBoxes, counts: Counts) -> None:
+def count_image(
+    assigner: FCOSTargetAssigner, level_strides: List[int], image: ImageBoxes, counts: Counts
+) -> None:
     """Add one image's boxes, recalled boxes, candidates and ambiguous ones to ``counts``."""
     locations = [
         compute_locations(math.ceil(image.height / s), math.ceil(image.width / s), s)
-        for s in assigner.strides
+        for s in level_strides
     ]
     points = torch.cat(locations)
-    strides, ranges = assigner.level_attributes(locations)
+    strides, ranges = assigner.level_attributes(locations, level_strides)
     boxes = image.boxes
     counts.boxes += int((~image.is_crowd).sum())
     if len(boxes) == 0:
@@ -160,8 +162,8 @@ def analyze(
     results = {name: Counts() for name in settings}
     for i, record in enumerate(records, start=1):
         image = image_boxes(record, cfg)
-        for name, assigner in settings.items():
-            count_image(assigner, image, results[name])
+        for name, (assigner, strides) in settings.items():
+            count_image(assigner, strides, image, results[name])
         if progress and (i % 10 == 0 or i == len(records)):
             print(f"\ranalyze_assignment: {i}/{len(records)} images", end="", file=sys.stderr)
     if progress:
