@@ -1,4 +1,5 @@
-"""TorchScript and ONNX export of the one-stage FCOS: raw outputs and detections match eager."""
+"""Raw-graph TorchScript and ONNX export of the one-stage FCOS: raw outputs and detections
+match eager (the end-to-end graph: test_export_end_to_end.py)."""
 import json
 import os
 
@@ -56,10 +57,9 @@ def assert_detections_equal(results, reference):
         res, ref = res["instances"], ref["instances"]
         assert res.image_size == ref.image_size and len(ref) > 0
         assert len(res) == len(ref)
-        # pixels of the original size: float rounding of stride-scaled distances
-        torch.testing.assert_close(
-            res.pred_boxes.tensor, ref.pred_boxes.tensor, atol=1e-3, rtol=1e-5
-        )
+        # pixels of the original size: float rounding of distances scaled by strides
+        # up to 128 and by the output size (ONNX Runtime's convolutions round otherwise)
+        torch.testing.assert_close(res.pred_boxes.tensor, ref.pred_boxes.tensor, atol=0.01, rtol=0)
         torch.testing.assert_close(res.scores, ref.scores, atol=ATOL, rtol=0)
         assert torch.equal(res.pred_classes, ref.pred_classes)
 

@@ -1,38 +1,44 @@
 #!/usr/bin/env python
 """Export a trained one-stage FCOS to TorchScript or ONNX.
 
-    python tools/export_model.py --config-file configs/FCOS-Demo/fcos_R_18_demo.yaml \\
-        --format onnx --output export/ MODEL.WEIGHTS output/fcos_R_18_demo/model_final.pth
-    python tools/export_model.py --config-file CFG --format torchscript --output export/ \\
-        --sample-image some.jpg MODEL.WEIGHTS model.pth
+End to end (image -> boxes; ``tools/deploy_onnx.py`` runs the ONNX file with ONNX
+Runtime alone)::
 
-The graph takes the normalised, padded image batch and returns the raw per-level head
-outputs (see ``fcos_d2/export.py``); thresholding, decoding and NMS run in Python with
-``fcos_d2.export.postprocess``. Writes ``model.ts`` or ``model.onnx`` and
-``export_info.json`` (input layout, output names, strides, normalisation and
-post-processing settings), then checks the exported graph against the eager model on the
-sample image (and on onnxruntime, when installed).
+    python tools/export_model.py --config-file configs/FCOS-Demo/fcos_R_18_demo.yaml \\
+        --format onnx --end-to-end --output export/ \\
+        MODEL.WEIGHTS output/fcos_R_18_demo/model_final.pth
+    python tools/export_model.py --config-file CFG --format torchscript --end-to-end \\
+        [--no-resize] --output export/ MODEL.WEIGHTS W
+
+The end-to-end graph (``fcos_d2.export.FCOSEndToEnd``) takes one (H, W, 3) uint8 image
+in ``INPUT.FORMAT`` and returns ``boxes`` (D, 4), ``scores`` (D,), ``classes`` (D,) in
+the image's pixels; ``--no-resize`` leaves the test-time resize out (the input is then
+the already-resized image). Without ``--end-to-end`` the graph is the raw one
+(``FCOSRawOutputs``): normalised, padded batch in, per-level head outputs out, and
+post-processing runs in Python with ``fcos_d2.export.postprocess``.
+
+Writes ``model.onnx`` or ``model.ts`` and ``export_info.json`` (input, outputs, class
+names, normalisation and post-processing settings), then checks the exported graph
+against the eager model on the sample image (ONNX with onnxruntime).
 """
 import argparse
 import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import fcos_d2
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog, detection_utils
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
 
-import fcos_d2  # noqa: E402,F401  (Detectron2 compatibility layer, registries)
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.data import detection_utils  # noqa: E402
-from detectron2.data import transforms as T  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-
-from fcos_d2 import add_fcos_config  # noqa: E402
-from fcos_d2.export import (  # noqa: E402
+from fcos_d2.export import (
+    OUTPUT_NAMES,
     FCOSRawOutputs,
+    export_end_to_end,
     export_onnx,
     export_torchscript,
     output_names,
@@ -40,48 +46,70 @@ from fcos_d2.export import (  # noqa: E402
 )
 
 
-def setup_cfg(args):
-    cfg = get_cfg()
-    add_fcos_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
-    return cfg
-
-
-def sample_input(cfg, image_path: str):
-    """One Detectron2 input: the given image, or a random one of the test size, resized
-    as at test time."""
+def read_sample(cfg, image_path: str) -> np.ndarray:
+    """(H, W, 3) uint8 in INPUT.FORMAT: the given image, or a random one of 3:4 shape."""
     if image_path:
-        image = detection_utils.read_image(image_path, format=cfg.INPUT.FORMAT)
-    else:
-        size = cfg.INPUT.MIN_SIZE_TEST
-        image = np.random.default_rng(0).integers(0, 256, (size, size * 4 // 3, 3), np.uint8)
-    resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-    resized = resize.get_transform(image).apply_image(image)
-    tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
-    return {"image": tensor, "height": image.shape[0], "width": image.shape[1]}
+        return detection_utils.read_image(image_path, format=cfg.INPUT.FORMAT)
+    size = max(cfg.INPUT.MIN_SIZE_TEST, 64)
+    return np.random.default_rng(0).integers(0, 256, (size, size * 4 // 3, 3), np.uint8)
 
 
-def export_info(cfg, model, fmt: str, path: str) -> dict:
+def resize_setting(cfg):
+    """The config's test-time resize as (shortest edge, longest limit), or None."""
+    if cfg.INPUT.MIN_SIZE_TEST <= 0:
+        return None
+    return (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+
+
+def resize_like_eager(cfg, image: np.ndarray) -> np.ndarray:
+    resize = resize_setting(cfg)
+    if resize is None:
+        return image
+    return T.ResizeShortestEdge(*resize).get_transform(image).apply_image(image)
+
+
+def class_names(cfg, num_classes: int):
+    """DATASETS.TEST[0]'s thing_classes when the metadata has them for every class."""
+    if not cfg.DATASETS.TEST:
+        return None
+    names = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_classes", None)
+    return list(names) if names and len(names) == num_classes else None
+
+
+def export_info(cfg, model, args, path: str) -> dict:
     post = model.postprocessor
-    return {
-        "format": fmt,
-        "file": os.path.basename(path),
-        "input": {
+    if args.end_to_end:
+        resize = None if args.no_resize else resize_setting(cfg)
+        inputs = {
+            "name": "image",
+            "layout": "HWC uint8, one image",
+            "channel_order": cfg.INPUT.FORMAT,
+            "resize_in_graph": resize is not None,
+            "resize_test": list(resize) if resize else None,
+        }
+        outputs = list(OUTPUT_NAMES)
+    else:
+        inputs = {
             "name": "images",
             "layout": "NCHW float32, (image - pixel_mean) / pixel_std, zero-padded",
-            "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
-            "pixel_std": list(cfg.MODEL.PIXEL_STD),
             "channel_order": cfg.INPUT.FORMAT,
             "size_divisibility": model.backbone.size_divisibility,
             "resize_test": [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST],
-        },
-        "outputs": output_names(model),
+        }
+        outputs = output_names(model)
+    inputs["pixel_mean"] = list(cfg.MODEL.PIXEL_MEAN)
+    inputs["pixel_std"] = list(cfg.MODEL.PIXEL_STD)
+    return {
+        "format": args.format,
+        "file": os.path.basename(path),
+        "end_to_end": bool(args.end_to_end),
+        "opset": args.opset if args.format == "onnx" else None,
+        "input": inputs,
+        "outputs": outputs,
         "levels": list(model.head_in_features),
         "strides": list(model.strides),
         "num_classes": model.head.num_classes,
+        "class_names": class_names(cfg, model.head.num_classes),
         "postprocess": {
             "score_thresh": post.score_thresh,
             "pre_nms_topk": post.pre_nms_topk,
@@ -94,7 +122,72 @@ def export_info(cfg, model, fmt: str, path: str) -> dict:
 
 
 def max_difference(outputs, reference) -> float:
-    return max(float((torch.as_tensor(o) - r).abs().max()) for o, r in zip(outputs, reference))
+    return max(
+        (float((torch.as_tensor(o) - r).abs().max()) for o, r in zip(outputs, reference)
+         if r.numel()),  # fmt: skip
+        default=0.0,
+    )
+
+
+def export_raw(model, cfg, args, image: np.ndarray) -> str:
+    resized = resize_like_eager(cfg, image)
+    tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
+    sample = preprocess(model, [{"image": tensor}]).tensor
+    with torch.no_grad():
+        reference = FCOSRawOutputs(model).eval()(sample)
+    if args.format == "torchscript":
+        path = os.path.join(args.output, "model.ts")
+        traced = export_torchscript(model, sample, path)
+        with torch.no_grad():
+            outputs = traced(sample)
+    else:
+        path = os.path.join(args.output, "model.onnx")
+        export_onnx(model, sample, path, opset=args.opset)
+        outputs = run_onnx(path, {"images": sample.contiguous().numpy()})
+    if outputs is not None:
+        print(f"{args.format} vs eager, max |difference|: {max_difference(outputs, reference):.3g}")
+    return path
+
+
+def export_e2e(model, cfg, args, image: np.ndarray) -> str:
+    resize = None if args.no_resize else resize_setting(cfg)
+    graph_input = resize_like_eager(cfg, image) if args.no_resize else image
+    resized = resize_like_eager(cfg, image)
+    with torch.no_grad():
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
+        inputs = {"image": tensor}
+        if not args.no_resize:
+            inputs.update(height=image.shape[0], width=image.shape[1])
+        eager = model([inputs])[0]["instances"]
+    reference = (eager.pred_boxes.tensor, eager.scores, eager.pred_classes)
+    name = "model.ts" if args.format == "torchscript" else "model.onnx"
+    path = os.path.join(args.output, name)
+    sample = torch.from_numpy(np.ascontiguousarray(graph_input))
+    wrapper = export_end_to_end(model, sample, path, args.format, resize, opset=args.opset)
+    if args.format == "torchscript":
+        with torch.no_grad():
+            outputs = torch.jit.load(path)(sample)
+    else:
+        outputs = run_onnx(path, {"image": sample.numpy()})
+    del wrapper
+    if outputs is not None:
+        counts = f"{len(outputs[0])} detections (eager: {len(reference[0])})"
+        if len(outputs[0]) == len(reference[0]):
+            print(f"{args.format} vs eager, {counts}, max |difference|: "
+                  f"{max_difference(outputs[:2], reference[:2]):.3g}")
+        else:
+            print(f"{args.format} vs eager: {counts}")
+    return path
+
+
+def run_onnx(path: str, feed):
+    try:
+        import onnxruntime
+    except ImportError:
+        print("onnxruntime is not installed: the ONNX file is not checked")
+        return None
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return session.run(None, feed)
 
 
 def main(argv=None) -> int:
@@ -102,40 +195,27 @@ def main(argv=None) -> int:
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--format", required=True, choices=["torchscript", "onnx"])
     parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="uint8 image in, detections in its pixels out")
+    parser.add_argument("--no-resize", action="store_true",
+                        help="with --end-to-end: leave the test-time resize out of the graph")
     parser.add_argument("--sample-image", default="", help="image to trace on (default: random)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
+    if args.no_resize and not args.end_to_end:
+        parser.error("--no-resize applies to --end-to-end graphs only")
 
-    cfg = setup_cfg(args)
+    cfg = fcos_d2.setup_cfg(args.config_file, args.opts + ["MODEL.DEVICE", "cpu"])
     model = build_model(cfg).eval()
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     os.makedirs(args.output, exist_ok=True)
-    sample = preprocess(model, [sample_input(cfg, args.sample_image)]).tensor
-    with torch.no_grad():
-        reference = FCOSRawOutputs(model).eval()(sample)
-
-    if args.format == "torchscript":
-        path = os.path.join(args.output, "model.ts")
-        traced = export_torchscript(model, sample, path)
-        with torch.no_grad():
-            difference = max_difference(traced(sample), reference)
-        print(f"TorchScript vs eager, max |difference|: {difference:.3g}")
-    else:
-        path = os.path.join(args.output, "model.onnx")
-        export_onnx(model, sample, path, opset=args.opset)
-        try:
-            import onnxruntime
-        except ImportError:
-            print("onnxruntime is not installed: the ONNX file is not checked")
-        else:
-            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-            outputs = session.run(None, {"images": sample.contiguous().numpy()})
-            difference = max_difference(outputs, reference)
-            print(f"onnxruntime vs eager, max |difference|: {difference:.3g}")
+    image = read_sample(cfg, args.sample_image)
+    export = export_e2e if args.end_to_end else export_raw
+    path = export(model, cfg, args, image)
     info_path = os.path.join(args.output, "export_info.json")
     with open(info_path, "w") as f:
-        json.dump(export_info(cfg, model, args.format, path), f, indent=2)
+        json.dump(export_info(cfg, model, args, path), f, indent=2)
     print(f"Wrote {path} and {info_path}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Export the one-stage FCOS detector to TorchScript (tracing) or ONNX.
+"""The raw graph: backbone + FPN + FCOS head, post-processing left to Python.
 
 What the exported graph contains -- :class:`FCOSRawOutputs`:
 
@@ -14,15 +14,9 @@ What the exported graph contains -- :class:`FCOSRawOutputs`:
                                    after the level's scale and ReLU (exp with USE_RELU off)
       ctrness_<l> (N, 1, Hl, Wl)   centerness logits
 
-Post-processing stays outside the graph, in Python: :func:`postprocess` runs the model's
-own :class:`~fcos_d2.modeling.FCOSPostProcessor` (threshold, top-k per level, box
-decoding, class-aware NMS) and Detectron2's rescaling to the original image size -- the
-same code as eager inference, so the detections equal eager ones. Its data-dependent
-shapes (how many candidates pass the threshold, NMS) do not fit a traced graph, and it
-costs little next to the network.
-
-Detectron2 v0.6's own ``detectron2.export`` imports caffe2, which today's PyTorch lacks;
-this module does not use it.
+:func:`postprocess` turns these into detections in Python with the model's own
+post-processing and Detectron2's rescaling, for batches; the end-to-end graph
+(:mod:`fcos_d2.export.end_to_end`) has them inside instead.
 """
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -31,7 +25,7 @@ from torch import Tensor, nn
 
 from detectron2.structures import ImageList, Instances
 
-from .modeling.pipeline import FCOSPredictions
+from ..modeling.pipeline import FCOSPredictions
 
 __all__ = [
     "FCOSRawOutputs",

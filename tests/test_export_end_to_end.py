@@ -1,0 +1,373 @@
+"""The end-to-end graph (uint8 image -> boxes, scores, classes): its resize equals
+Detectron2's (Pillow's) exactly, its detections equal the eager model's in ONNX Runtime
+and TorchScript, and the exported files run without torch (ONNX) or without fcos_d2 and
+Detectron2 (TorchScript)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fcos_d2  # noqa: F401  (registers the model and the demo datasets)
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+
+from conftest import load_script, tiny_cfg
+from fcos_d2.data.synthetic import DEMO_CLASSES
+from fcos_d2.export import FCOSEndToEnd, export_end_to_end, resize_bilinear, resized_size
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCORE_ATOL = 1e-4
+BOX_ATOL = 0.01  # pixels
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# (min size, max size) of tiny_cfg's test-time resize
+RESIZE = (96, 160)
+
+
+def crafted_model(regime: str, num_classes: int = 3):
+    """A tiny FCOS whose detections are many: "dense" -- every score passes the threshold
+    (eager inference takes the dense top-k on P3, the sparse path elsewhere); "sparse" --
+    some scores pass (eager gathers them, the traced graph takes a dense top-k)."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(num_classes=num_classes)).eval()
+    head = model.head
+    with torch.no_grad():
+        for conv in (head.cls_logits, head.bbox_pred, head.ctrness):
+            conv.weight.normal_(std=0.05)
+        head.cls_logits.bias.fill_(0.0 if regime == "dense" else -1.0)
+    if regime == "sparse":
+        model.postprocessor.score_thresh = 0.2
+    return model
+
+
+@pytest.fixture(scope="module", params=["dense", "sparse"])
+def model(request):
+    return crafted_model(request.param)
+
+
+def random_image(height, width, seed):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def eager_detections(model, image, resize):
+    """Detectron2's test-time path: ResizeShortestEdge (Pillow), the model, rescaling."""
+    height, width = image.shape[:2]
+    if resize is not None:
+        image = T.ResizeShortestEdge(*resize).get_transform(image).apply_image(image)
+    inputs = {"image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))).float()}
+    if resize is not None:
+        inputs.update(height=height, width=width)
+    with torch.no_grad():
+        instances = model([inputs])[0]["instances"]
+    return instances.pred_boxes.tensor, instances.scores, instances.pred_classes
+
+
+def assert_same_detections(outputs, reference, min_count=1):
+    boxes, scores, classes = (torch.as_tensor(np.asarray(o)) for o in outputs)
+    ref_boxes, ref_scores, ref_classes = reference
+    assert len(ref_boxes) >= min_count
+    assert len(boxes) == len(ref_boxes)
+    assert boxes.dtype == torch.float32 and classes.dtype == torch.int64
+    assert torch.equal(classes, ref_classes)
+    torch.testing.assert_close(scores, ref_scores, atol=SCORE_ATOL, rtol=0)
+    torch.testing.assert_close(boxes, ref_boxes, atol=BOX_ATOL, rtol=0)
+
+
+def onnx_runner(path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["boxes", "scores", "classes"]
+    return lambda image: session.run(None, {"image": image})
+
+
+def export_and_load(model, fmt, resize, path):
+    sample = torch.from_numpy(random_image(96, 128, seed=0))
+    export_end_to_end(model, sample, str(path), fmt, resize)
+    if fmt == "onnx":
+        return onnx_runner(str(path))
+    traced = torch.jit.load(str(path))
+
+    def run(image):
+        with torch.no_grad():
+            return traced(torch.from_numpy(image))
+
+    return run
+
+
+# --------------------------------------------------------------------------- resize
+
+
+@pytest.mark.parametrize(
+    "size, short, longest",
+    [((480, 640), 800, 1333), ((640, 480), 800, 1333), ((333, 333), 800, 1333),
+     ((1080, 1920), 800, 1333), ((3000, 4000), 800, 1333), ((427, 640), 800, 1333),
+     ((100, 150), 96, 160), ((70, 90), 96, 160), ((1, 999), 256, 256)],
+)  # fmt: skip
+def test_resized_size_is_detectron2s(size, short, longest):
+    expected = T.ResizeShortestEdge.get_output_shape(*size, short, longest)
+    new_h, new_w = resized_size(torch.tensor([size[0]]), torch.tensor([size[1]]), short, longest)
+    assert (int(new_h), int(new_w)) == expected
+
+
+def test_resized_size_is_detectron2s_on_random_sizes():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        h, w = (int(v) for v in rng.integers(1, 5000, 2))
+        short = int(rng.integers(1, 1500))
+        longest = int(rng.integers(short, 3000))
+        new_h, new_w = resized_size(torch.tensor([h]), torch.tensor([w]), short, longest)
+        assert (int(new_h), int(new_w)) == T.ResizeShortestEdge.get_output_shape(h, w, short, longest)
+
+
+# (input size, output size): up, down (by up to 3.3x), one axis, unchanged, odd ratios
+RESIZES = [((37, 53), (80, 107)), ((120, 90), (64, 48)), ((50, 200), (15, 60)),
+           ((64, 64), (64, 64)), ((33, 45), (10, 7)), ((29, 41), (41, 29)), ((7, 300), (90, 91)),
+           ((60, 80), (60, 50))]  # fmt: skip
+
+
+@pytest.mark.parametrize("size, new_size", RESIZES)
+def test_resize_equals_pillow(size, new_size):
+    """Detectron2's ResizeTransform resizes uint8 images with Pillow's bilinear filter;
+    the graph's resize gives the same pixels, exactly."""
+    image = random_image(*size, seed=sum(size))
+    expected = T.ResizeTransform(*size, *new_size, Image.BILINEAR).apply_image(image)
+    out = resize_bilinear(torch.from_numpy(image), torch.tensor([new_size[0]]), torch.tensor([new_size[1]]))
+    assert out.shape == expected.shape
+    assert torch.equal(out, torch.from_numpy(expected).double())
+
+
+def test_resize_equals_pillow_on_test_time_sizes():
+    """Random images and ResizeShortestEdge settings (aspect ratios up to 1.6 tall)."""
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        w = int(rng.integers(2, 200))
+        h = int(rng.integers(2, int(1.6 * w) + 3))
+        short = int(rng.integers(2, 200))
+        resize = T.ResizeShortestEdge(short, int(rng.integers(short, 300)))
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        expected = resize.get_transform(image).apply_image(image)
+        new_h, new_w = expected.shape[:2]
+        out = resize_bilinear(torch.from_numpy(image), torch.tensor([new_h]), torch.tensor([new_w]))
+        assert torch.equal(out, torch.from_numpy(expected).double()), (h, w, new_h, new_w)
+
+
+class _Resize(torch.nn.Module):
+    def forward(self, image):
+        size = torch.onnx.operators.shape_as_tensor(image)
+        new_h, new_w = resized_size(size[0:1], size[1:2], 64, 100)
+        return resize_bilinear(image, new_h, new_w).to(torch.uint8)
+
+
+def test_resize_in_onnx_runtime_equals_pillow(tmp_path):
+    """The float64 size and filter arithmetic survives ONNX export (0-dim tensors would be
+    cast to float32 by the exporter, and sizes and pixels would then differ)."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    path = str(tmp_path / "resize.onnx")
+    torch.onnx.export(_Resize(), (torch.from_numpy(random_image(40, 50, 0)),), path,
+                      dynamo=False, input_names=["image"], opset_version=17,
+                      dynamic_axes={"image": {0: "height", 1: "width"}})  # fmt: skip
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for size in [(199, 300), (41, 77), (64, 64), (30, 1000), (100, 64)]:
+        image = random_image(*size, seed=size[0])
+        new_size = T.ResizeShortestEdge.get_output_shape(*size, 64, 100)
+        expected = T.ResizeTransform(*size, *new_size, Image.BILINEAR).apply_image(image)
+        np.testing.assert_array_equal(session.run(None, {"image": image})[0], expected)
+
+
+# --------------------------------------------------------------------------- detections
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_no_resize_graph_gives_eager_detections(model, fmt, tmp_path):
+    """Input: the already-resized image the eager model receives; other sizes than the
+    traced one."""
+    run = export_and_load(model, fmt, None, tmp_path / f"model.{fmt}")
+    for seed, size in enumerate([(100, 150), (70, 90), (160, 96)]):
+        image = random_image(*size, seed=seed + 1)
+        assert_same_detections(run(image), eager_detections(model, image, None), min_count=50)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_resized_graph_gives_eager_detections(model, fmt, tmp_path):
+    """Images larger and smaller than the test size: in-graph resize and rescaling to the
+    original pixels give what Detectron2's resize + eager model + rescaling give."""
+    run = export_and_load(model, fmt, RESIZE, tmp_path / f"model.{fmt}")
+    for seed, size in enumerate([(200, 300), (61, 77), (301, 157), (96, 128)]):
+        image = random_image(*size, seed=seed + 10)
+        outputs = run(image)
+        assert_same_detections(outputs, eager_detections(model, image, RESIZE), min_count=50)
+        boxes = np.asarray(outputs[0])
+        assert boxes[:, 2].max() <= size[1] and boxes[:, 3].max() <= size[0]
+
+
+def test_scores_sorted_and_bounded(tmp_path):
+    run = export_and_load(crafted_model("dense"), "onnx", RESIZE, tmp_path / "model.onnx")
+    boxes, scores, classes = run(random_image(120, 100, seed=3))
+    assert len(scores) == 100  # POST_NMS_TOPK_TEST
+    assert np.all(np.diff(scores) <= 0) and classes.min() >= 0 and classes.max() < 3
+
+
+def test_two_stage_models_are_rejected():
+    model = build_model(tiny_cfg(two_stage=True)).eval()
+    with pytest.raises(TypeError, match="FCOS-RPN two-stage"):
+        FCOSEndToEnd(model, RESIZE)
+
+
+def test_bad_sample_is_rejected(tmp_path):
+    model = crafted_model("sparse")
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        export_end_to_end(model, torch.zeros(3, 96, 128), str(tmp_path / "m.onnx"), "onnx", None)
+    with pytest.raises(ValueError, match="unknown export format 'tflite'"):
+        export_end_to_end(model, torch.zeros(96, 128, 3, dtype=torch.uint8),
+                          str(tmp_path / "m"), "tflite", None)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- CLI and runner
+
+BLOCKER = """
+import importlib.abc, runpy, sys
+
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked in this test")
+        return None
+
+BLOCKED = set(sys.argv[1].split(","))
+for name in list(sys.modules):
+    if name.split(".")[0] in BLOCKED:
+        del sys.modules[name]
+sys.meta_path.insert(0, Blocker())
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_blocked(tmp_path, blocked, script, *args):
+    """Run ``script`` in a fresh interpreter where importing any of ``blocked`` raises."""
+    blocker = tmp_path / "run_blocked.py"
+    blocker.write_text(BLOCKER)
+    return subprocess.run(
+        [sys.executable, str(blocker), ",".join(blocked), str(script), *map(str, args)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """tools/export_model.py --end-to-end (ONNX and TorchScript) of a crafted 5-class
+    model tested on fcos_demo_val (so export_info.json lists the demo classes)."""
+    root = tmp_path_factory.mktemp("e2e")
+    model = crafted_model("sparse", num_classes=len(DEMO_CLASSES))
+    weights = root / "weights.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    cfg = tiny_cfg(num_classes=len(DEMO_CLASSES))
+    cfg.DATASETS.TEST = ("fcos_demo_val",)
+    cfg.MODEL.FCOS.INFERENCE_TH_TEST = 0.2
+    cfg_path = root / "tiny.yaml"
+    cfg_path.write_text(cfg.dump())
+    cli = load_script("tools/export_model.py")
+    for fmt in ("onnx", "torchscript"):
+        args = ["--config-file", str(cfg_path), "--format", fmt, "--end-to-end",
+                "--output", str(root / fmt), "MODEL.WEIGHTS", str(weights)]  # fmt: skip
+        assert cli.main(args) == 0
+    return root, model
+
+
+def test_cli_writes_graph_and_info(exported):
+    root, _ = exported
+    info = json.loads((root / "onnx" / "export_info.json").read_text())
+    assert info["end_to_end"] is True and info["file"] == "model.onnx" and info["opset"] == 17
+    assert info["class_names"] == list(DEMO_CLASSES)
+    assert info["input"]["channel_order"] == "BGR" and info["input"]["resize_test"] == [96, 160]
+    assert info["outputs"] == ["boxes", "scores", "classes"]
+    assert (root / "torchscript" / "model.ts").is_file()
+
+
+def test_cli_no_resize_needs_end_to_end(tmp_path):
+    with pytest.raises(SystemExit):
+        load_script("tools/export_model.py").main(
+            ["--config-file", "x.yaml", "--format", "onnx", "--no-resize", "--output", str(tmp_path)]
+        )
+
+
+def test_runner_without_torch_gives_eager_detections(exported, tmp_path):
+    """tools/deploy_onnx.py in an interpreter where importing torch, detectron2 or
+    fcos_d2 raises: its results.json holds the eager pipeline's detections (above the
+    confidence threshold, in original pixels, with class names), and it draws them."""
+    pytest.importorskip("onnxruntime")
+    cv2 = pytest.importorskip("cv2")
+    root, model = exported
+    folder = tmp_path / "images"
+    folder.mkdir()
+    images = {"a.png": random_image(200, 300, seed=21), "b.png": random_image(77, 61, seed=22)}
+    for name, image in images.items():
+        cv2.imwrite(str(folder / name), image)  # BGR on disk = the config's INPUT.FORMAT
+    out = tmp_path / "results.json"
+    proc = run_blocked(
+        tmp_path, ["torch", "detectron2", "fcos_d2"], os.path.join(REPO, "tools", "deploy_onnx.py"),
+        "--model", root / "onnx" / "model.onnx", "--input", folder, "--output", out,
+        "--draw", tmp_path / "drawn", "--confidence-threshold", 0.3,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    assert results["classes"] == list(DEMO_CLASSES)
+    assert [r["file"] for r in results["images"]] == ["a.png", "b.png"]
+    for entry in results["images"]:
+        image = images[entry["file"]]  # read back as BGR, the model's format
+        boxes, scores, classes = eager_detections(model, image, RESIZE)
+        keep = scores >= 0.3
+        dets = entry["detections"]
+        assert (entry["height"], entry["width"]) == image.shape[:2]
+        assert len(dets) == int(keep.sum()) > 0
+        assert [d["class"] for d in dets] == classes[keep].tolist()
+        assert [d["class_name"] for d in dets] == [DEMO_CLASSES[c] for c in classes[keep]]
+        np.testing.assert_allclose([d["score"] for d in dets], scores[keep].numpy(), atol=SCORE_ATOL)
+        np.testing.assert_allclose([d["box"] for d in dets], boxes[keep].numpy(), atol=BOX_ATOL)
+        drawn = cv2.imread(str(tmp_path / "drawn" / entry["file"]))
+        assert drawn.shape == image.shape and not np.array_equal(drawn, image)
+
+
+def test_runner_rejects_raw_graph(tmp_path):
+    pytest.importorskip("onnxruntime")
+    model_dir = tmp_path / "raw"
+    model_dir.mkdir()
+    (model_dir / "model.onnx").write_bytes(b"")
+    (model_dir / "export_info.json").write_text(json.dumps({"end_to_end": False}))
+    runner = load_script("tools/deploy_onnx.py")
+    with pytest.raises(SystemExit, match="raw graph"):
+        runner.main(["--model", str(model_dir / "model.onnx"), "--input", str(tmp_path),
+                     "--output", str(tmp_path / "r.json")])  # fmt: skip
+
+
+TORCHSCRIPT_RUN = """
+import sys
+import numpy as np
+import torch
+import torchvision  # registers the torchvision::nms operator the graph calls
+
+model = torch.jit.load(sys.argv[1])
+with torch.no_grad():
+    outputs = model(torch.from_numpy(np.load(sys.argv[2])))
+np.savez(sys.argv[3], *[o.numpy() for o in outputs])
+"""
+
+
+def test_torchscript_runs_without_fcos_d2_and_detectron2(exported, tmp_path):
+    root, model = exported
+    image = random_image(150, 110, seed=31)
+    np.save(tmp_path / "image.npy", image)
+    script = tmp_path / "run_ts.py"
+    script.write_text(TORCHSCRIPT_RUN)
+    proc = run_blocked(tmp_path, ["detectron2", "fcos_d2"], script,
+                       root / "torchscript" / "model.ts", tmp_path / "image.npy", tmp_path / "out.npz")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = np.load(tmp_path / "out.npz")
+    outputs = [out[f"arr_{i}"] for i in range(3)]
+    assert_same_detections(outputs, eager_detections(model, image, RESIZE), min_count=10)
