@@ -1,52 +1,63 @@
 #!/usr/bin/env python
-"""Speed of FCOS against Detectron2's own RetinaNet and Faster R-CNN, in one run.
+"""Speed of FCOS against torchvision's FCOS and Detectron2's own RetinaNet and Faster
+R-CNN, in one run.
 
-All detectors use a ResNet-50-FPN with random weights and see the same inputs. FCOS runs
-twice: as configured by default, and without its two inference speed-ups (NHWC memory
-format, BatchNorm folded at test) -- the same network, run the way Detectron2 runs its
-own models:
+All detectors use a ResNet-50-FPN with random weights (stem and first stage frozen,
+three trainable stages) and see the same inputs. FCOS runs twice: as configured by
+default, and as the plain network (NCHW memory format, BatchNorm not folded at test) --
+the same network, run the way Detectron2 runs its own models:
 
     python benchmarks/benchmark.py                      # CPU, fp32
     python benchmarks/benchmark.py --amp                # CPU, bfloat16 autocast
     python benchmarks/benchmark.py --device cuda --amp  # GPU, mixed precision
     python benchmarks/benchmark.py --skip-training --models FCOS "FCOS (NHWC, BN not folded)" \
         "FCOS (NCHW, BN folded)" "FCOS (NCHW, BN not folded)"   # each speed-up alone
+    python benchmarks/benchmark.py --profile-training FCOS --repeats 3  # where a step goes
 
-Measured per model: inference latency (batch 1, median after warm-up; the models take
-turns, one forward each per round, so a noisy spell hits all alike) at each
+Measured per model: inference latency (batch 1, median after warm-up) at each
 ``--infer-sizes``; training step time (forward + backward + SGD step, batch
-``--train-batch`` at ``--train-size``) and its peak memory; for FCOS the time inside
-target assignment + losses (training) and post-processing (inference); fvcore FLOPs and
-the achieved rate, next to what a plain large 3x3 convolution reaches on this device.
+``--train-batch`` at ``--train-size``), its peak memory and its flops (forward +
+backward); for FCOS the time inside target assignment + losses (training) and
+post-processing (inference); fvcore FLOPs and the achieved rates, next to what a plain
+large 3x3 convolution reaches on this device, forward and forward + backward. The models
+take turns, one forward (or training step) each per round, so that a slow spell of a
+shared machine hits all of them alike. The table's header names the machine: CPU model,
+vector extensions (AVX2 / AVX-512 / AMX), threads, torch version, and the load average.
 """
 import argparse
 import contextlib
+import dataclasses
 import os
+import platform
 import statistics
 import sys
 import time
 from typing import Callable, Dict, List
 
 import torch
+import torchvision
+from torch import nn
+from torchvision.models.detection import FCOS as TorchvisionFCOSModel
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import fcos_d2
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+from fvcore.nn import FlopCountAnalysis
 
-import fcos_d2  # noqa: E402,F401
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.structures import Boxes, Instances  # noqa: E402
-from fvcore.nn import FlopCountAnalysis  # noqa: E402
-from detectron2.utils.events import EventStorage  # noqa: E402
-
-from fcos_d2 import add_fcos_config  # noqa: E402
-from fcos_d2.modeling import outputs as fcos_outputs  # noqa: E402
-from fcos_d2.modeling.inference import FCOSPostProcessor  # noqa: E402
+from fcos_d2.modeling.inference import FCOSPostProcessor
+from fcos_d2.modeling.pipeline import FCOSPipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASELINES = ("RetinaNet (D2)", "Faster R-CNN (D2)")
+TORCHVISION_FCOS = "FCOS (torchvision)"
+BASELINES = (TORCHVISION_FCOS, "RetinaNet (D2)", "Faster R-CNN (D2)")
 PLAIN_FCOS = "FCOS (NCHW, BN not folded)"
 ONE_SPEEDUP_FCOS = ("FCOS (NHWC, BN not folded)", "FCOS (NCHW, BN folded)")  # not by default
-MODELS = ("FCOS", PLAIN_FCOS, *ONE_SPEEDUP_FCOS, "FCOS-RPN Faster R-CNN", *BASELINES)
+D2_MODELS = ("FCOS", PLAIN_FCOS, *ONE_SPEEDUP_FCOS, "FCOS-RPN Faster R-CNN", *BASELINES[1:])
+MODELS = (*D2_MODELS, TORCHVISION_FCOS)
 
 
 def d2_model_zoo_file(name: str) -> str:
@@ -56,12 +67,10 @@ def d2_model_zoo_file(name: str) -> str:
 
 
 def model_configs(device: str) -> Dict[str, object]:
-    """The benchmarked detectors' configs, ResNet-50-FPN, 80 classes, no weights."""
+    """The benchmarked Detectron2 detectors' configs, ResNet-50-FPN, 80 classes, no weights."""
 
     def make(path: str):
-        cfg = get_cfg()
-        add_fcos_config(cfg)
-        cfg.merge_from_file(path)
+        cfg = fcos_d2.setup_cfg(path, freeze=False)
         cfg.MODEL.WEIGHTS = ""
         cfg.MODEL.DEVICE = device
         cfg.MODEL.RESNETS.DEPTH = 50
@@ -91,6 +100,84 @@ def model_configs(device: str) -> Dict[str, object]:
     }
 
 
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """``module`` with every ``nn.BatchNorm2d`` in it (or itself) replaced by a
+    FrozenBatchNorm2d holding the same statistics and affine parameters, as Detectron2's
+    FREEZE_AT does to the stages it freezes."""
+    if isinstance(module, nn.BatchNorm2d):
+        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+        for key in ("weight", "bias", "running_mean", "running_var"):
+            getattr(frozen, key).copy_(getattr(module, key).detach())
+        return frozen.to(module.weight.device)
+    for name, child in module.named_children():
+        setattr(module, name, freeze_batchnorm(child))
+    return module
+
+
+def build_torchvision_fcos(device: str) -> nn.Module:
+    """torchvision's FCOS with the backbone of the Detectron2 models here: ResNet-50-FPN
+    (P3-P5 + P6/P7 from P5), random weights, stem and first stage frozen (FrozenBatchNorm
+    there), three trainable stages with trainable BatchNorm, 80 classes.
+
+    ``fcos_resnet50_fpn(weights=None, weights_backbone=None, trainable_backbone_layers=3)``
+    is not this: without weights it makes every BatchNorm trainable and, with a warning,
+    every stage trainable (5), so it is assembled from the same public parts here.
+    """
+    backbone = resnet_fpn_backbone(
+        backbone_name="resnet50", weights=None, norm_layer=nn.BatchNorm2d,
+        trainable_layers=3, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256),
+    )
+    backbone.body.bn1 = freeze_batchnorm(backbone.body.bn1)
+    backbone.body.layer1 = freeze_batchnorm(backbone.body.layer1)
+    return TorchvisionDetector(TorchvisionFCOSModel(backbone, num_classes=80)).to(device)
+
+
+class TorchvisionDetector(nn.Module):
+    """Detectron2-format inputs in, for a torchvision detector.
+
+    Images go in as the same pixels (0-255 -> 0-1 for torchvision's normalisation), and
+    its transform's resize target is set to each batch's own size, so it resizes nothing
+    (its interpolation at scale 1 copies the pixels). Returns torchvision's outputs: the
+    loss dict in training, per image ``{"boxes", "scores", "labels"}`` at inference.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def torchvision_inputs(self, batched_inputs: List[Dict[str, torch.Tensor]]):
+        """Images (0-1) and, in training, targets; the transform set to keep the size."""
+        images = [x["image"] / 255.0 for x in batched_inputs]
+        height = max(im.shape[-2] for im in images)
+        width = max(im.shape[-1] for im in images)
+        self.model.transform.min_size = (min(height, width),)
+        self.model.transform.max_size = max(height, width)
+        if not self.training:
+            return images, None
+        targets = [
+            {"boxes": x["instances"].gt_boxes.tensor, "labels": x["instances"].gt_classes}
+            for x in batched_inputs
+        ]
+        return images, targets
+
+    def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
+        images, targets = self.torchvision_inputs(batched_inputs)
+        return self.model(images, targets)
+
+
+def build_models(names: List[str], device: str) -> Dict[str, nn.Module]:
+    """``names`` -> the models in inference mode, each from torch seed 0."""
+    configs = model_configs(device)
+    models = {}
+    for name in names:
+        torch.manual_seed(0)
+        if name == TORCHVISION_FCOS:
+            models[name] = build_torchvision_fcos(device).eval()
+        else:
+            models[name] = build_model(configs[name]).eval()
+    return models
+
+
 class Timer:
     """Accumulates the wall time spent inside wrapped callables."""
 
@@ -117,16 +204,14 @@ class Timer:
 @contextlib.contextmanager
 def timing_fcos_parts(timer: Timer):
     """Route FCOS's loss computation and post-processing through ``timer``."""
-    import fcos_d2.modeling.meta_arch as meta_arch
-
-    saved_losses = meta_arch.fcos_losses
+    saved_losses = FCOSPipeline.losses_of
     saved_call = FCOSPostProcessor.__call__
-    meta_arch.fcos_losses = timer.wrap(fcos_outputs.fcos_losses)
+    FCOSPipeline.losses_of = timer.wrap(saved_losses)
     FCOSPostProcessor.__call__ = timer.wrap(saved_call)
     try:
         yield
     finally:
-        meta_arch.fcos_losses = saved_losses
+        FCOSPipeline.losses_of = saved_losses
         FCOSPostProcessor.__call__ = saved_call
 
 
@@ -138,7 +223,10 @@ class TensorOutputs(torch.nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor):
-        inst = self.model([{"image": image}])[0]["instances"]
+        out = self.model([{"image": image}])[0]
+        if "instances" not in out:  # torchvision
+            return out["boxes"], out["scores"], out["labels"]
+        inst = out["instances"]
         return inst.pred_boxes.tensor, inst.scores, inst.pred_classes
 
 
@@ -160,15 +248,13 @@ def saturated_postprocess_time(model: torch.nn.Module, inputs, args) -> float:
             model(inputs)
     finally:
         FCOSPostProcessor.__call__ = original
-    post, (locations, strides, logits, box_dists, ctrness, sizes) = captured[0]
-    gen = torch.Generator(device=logits[0].device).manual_seed(0)
+    post, (predictions, sizes) = captured[0]
+    gen = torch.Generator(device=predictions.logits[0].device).manual_seed(0)
     # probabilities 0.98-0.9997, above any usual threshold; distinct, so top-k has no ties
     logits = [4 + 4 * torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-              for x in logits]
-    seconds, _ = median_time(
-        lambda: post(locations, strides, logits, box_dists, ctrness, sizes),
-        args.repeats, args.warmup, args.device,
-    )
+              for x in predictions.logits]
+    saturated = dataclasses.replace(predictions, logits=logits)
+    seconds, _ = median_time(lambda: post(saturated, sizes), args.repeats, args.warmup, args.device)
     return seconds
 
 
@@ -227,7 +313,9 @@ def peak_memory_mb(device: str) -> float:
 
 def conv_peak_flops(device: str, amp: bool) -> Dict[str, float]:
     """fvcore-counted FLOP/s of a plain 256->256 3x3 convolution on a 1x256x128x128 map,
-    in each memory format ("NCHW", "NHWC"): the machine's reachable rate is the faster."""
+    in each memory format: forward ("NCHW", "NHWC") and forward + backward (input and
+    weight gradients, 3x the forward's flops; "NCHW forward+backward", ...). The
+    machine's reachable rate is the faster format."""
     conv = torch.nn.Conv2d(256, 256, 3, padding=1).to(device)
     x = torch.randn(1, 256, 128, 128, device=device)
     flops = 256 * 256 * 9 * 128 * 128  # fvcore counts one multiply-add as one flop
@@ -237,7 +325,71 @@ def conv_peak_flops(device: str, amp: bool) -> Dict[str, float]:
         with torch.no_grad(), torch.autocast(device.split(":")[0], enabled=amp):
             seconds, _ = median_time(lambda: conv_f(x_f), repeats=5, warmup=2, device=device)
         rates[name] = flops / seconds
+    for name, fmt in (("NCHW", torch.contiguous_format), ("NHWC", torch.channels_last)):
+        conv_f = conv.to(memory_format=fmt)
+        x_f = x.contiguous(memory_format=fmt).requires_grad_()
+
+        def forward_backward():
+            with torch.autocast(device.split(":")[0], enabled=amp):
+                out = conv_f(x_f)
+            out.backward(torch.ones_like(out))
+
+        seconds, _ = median_time(forward_backward, repeats=5, warmup=2, device=device)
+        rates[f"{name} forward+backward"] = 3 * flops / seconds
     return rates
+
+
+def training_step_flops(run) -> float:
+    """fvcore-convention flops (multiply-add = 1) of one training step, forward and
+    backward, as counted by ``torch.utils.flop_counter`` (which counts 2 per
+    multiply-add; convolutions, matmuls and their gradients)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, EventStorage():
+        run.step()
+    return counter.get_total_flops() / 2
+
+
+def cpu_info() -> Dict[str, object]:
+    """The CPU's model name and flags, from /proc/cpuinfo (Linux; empty elsewhere)."""
+    info = {"model": platform.processor() or platform.machine(), "flags": set()}
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    info["model"] = value.strip()
+                elif key.strip() == "flags":
+                    info["flags"] = set(value.split())
+                    break
+    return info
+
+
+def vector_extensions(flags) -> str:
+    """The x86 vector extensions that matter for PyTorch's CPU kernels, e.g.
+    "AVX2, AVX-512 (bf16), no AMX"."""
+    found = []
+    if "avx2" in flags:
+        found.append("AVX2")
+    if "avx512f" in flags:
+        found.append("AVX-512" + (" (bf16)" if "avx512_bf16" in flags else ""))
+    found.append("AMX" if {"amx_tile", "amx_bf16"} & set(flags) else "no AMX")
+    return ", ".join(found)
+
+
+def machine_description(device: str, amp: bool) -> str:
+    """One line naming what the timings were measured on."""
+    versions = f"torch {torch.__version__}, torchvision {torchvision.__version__}"
+    if device.startswith("cuda"):
+        where = f"{torch.cuda.get_device_name()}"
+    else:
+        cpu = cpu_info()
+        where = (
+            f"CPU {cpu['model']}; {vector_extensions(cpu['flags'])}; PyTorch CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}; {torch.get_num_threads()} threads"
+        )
+    return f"device: {where}; amp: {amp}; {versions}"
 
 
 def log(msg: str):
@@ -289,32 +441,119 @@ def bench_inference(models: Dict[str, torch.nn.Module], args) -> Dict[str, Dict[
     return rows
 
 
-def bench_training(name: str, model: torch.nn.Module, args) -> Dict[str, float]:
-    """Training step time (forward + backward + SGD), its peak memory, FCOS's loss part."""
-    device = args.device
-    timer = Timer(device)
-    model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    th, tw = args.train_size
-    inputs = random_images(args.train_batch, th, tw, device, with_boxes=True)
+class TrainingRun:
+    """One model set up for training steps: SGD, fixed random inputs with boxes."""
 
-    def train_step():
-        with torch.autocast(device.split(":")[0], enabled=args.amp):
-            losses = model(inputs)
-        optimizer.zero_grad()
+    def __init__(self, model: nn.Module, args):
+        self.model = model.train()
+        self.amp, self.device = args.amp, args.device
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        th, tw = args.train_size
+        self.inputs = random_images(args.train_batch, th, tw, args.device, with_boxes=True)
+
+    def step(self):
+        """Forward + backward + SGD step."""
+        with torch.autocast(self.device.split(":")[0], enabled=self.amp):
+            losses = self.model(self.inputs)
+        self.optimizer.zero_grad()
         sum(losses.values()).backward()
-        optimizer.step()
+        self.optimizer.step()
 
-    log(f"  [{name}] training step {args.train_batch}x{th}x{tw}")
+
+def training_memory_and_flops(name: str, args) -> Dict[str, float]:
+    """Peak memory (MB) of a training step of ``name``, the only model in memory, after
+    a first step has allocated the optimizer state; and the step's GFLOPs."""
+    run = TrainingRun(build_models([name], args.device)[name], args)
+    with EventStorage():
+        run.step()
+        reset_peak_memory(args.device)
+        run.step()
+    peak = peak_memory_mb(args.device)
+    return {"train_peak_mb": peak, "train_gflops": training_step_flops(run) / 1e9}
+
+
+def bench_training(names: List[str], args) -> Dict[str, Dict[str, float]]:
+    """Training step time (forward + backward + SGD) of every model, FCOS's loss part,
+    and each step's peak memory.
+
+    The models take turns, one step each per round, as for inference; peak memory is
+    measured before, one model in memory at a time.
+    """
+    rows = {}
+    for name in names:
+        log(f"  training peak memory and flops: {name}")
+        rows[name] = training_memory_and_flops(name, args)
+    models = build_models(names, args.device)
+    runs = {name: TrainingRun(model, args) for name, model in models.items()}
+    timer = Timer(args.device)
+    times = {name: [] for name in names}
+    losses_times = {name: [] for name in names}
+    th, tw = args.train_size
+    rounds = args.warmup + args.repeats
     with EventStorage(), timing_fcos_parts(timer):
-        train_step()  # allocate optimizer state before the peak-memory window
-        reset_peak_memory(device)
-        total, loss_time = median_time(train_step, args.repeats, args.warmup, device, timer)
-    return {
-        "train_ms": total * 1000,
-        "train_peak_mb": peak_memory_mb(device),
-        "targets_losses_ms": loss_time * 1000,
-    }
+        for r in range(rounds):
+            warm_up = " (warm-up)" if r < args.warmup else ""
+            log(f"  training step {args.train_batch}x{th}x{tw}: round {r + 1}/{rounds}{warm_up}")
+            for name, run in runs.items():
+                total, losses_time = median_time(run.step, 1, 0, args.device, timer)
+                if r >= args.warmup:
+                    times[name].append(total)
+                    losses_times[name].append(losses_time)
+    for name in names:
+        seconds = statistics.median(times[name])
+        rows[name]["train_ms"] = seconds * 1000
+        rows[name]["targets_losses_ms"] = statistics.median(losses_times[name]) * 1000
+        rows[name]["train_gflops_per_s"] = rows[name]["train_gflops"] / seconds
+    return rows
+
+
+OP_GROUPS = (  # (group, substrings of profiler op names), first match wins
+    ("convolution backward", ("convolution_backward",)),
+    ("convolution forward", ("convolution", "conv2d")),
+    ("GroupNorm forward + backward (head towers)", ("group_norm",)),
+    ("BatchNorm forward + backward (backbone)", ("batch_norm",)),
+    ("ReLU forward + backward", ("relu", "threshold_backward")),
+    ("FPN top-down upsampling", ("upsample",)),
+    ("max-pool (stem)", ("max_pool",)),
+    ("SGD step", ("_foreach", "sgd")),
+    ("memory-format / layout copies", ("copy_", "contiguous", "clone", "to_dense", "reorder")),
+)
+
+
+def profile_training(name: str, args) -> str:
+    """torch.profiler of ``--repeats`` training steps of ``name`` after ``--warmup``: self
+    time per op group and the top ops, forward and backward together."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run = TrainingRun(build_models([name], args.device)[name], args)
+    activities = [ProfilerActivity.CPU] + (
+        [ProfilerActivity.CUDA] if args.device.startswith("cuda") else []
+    )
+    with EventStorage():
+        for _ in range(max(args.warmup, 1)):
+            run.step()
+        with profile(activities=activities) as prof:
+            for _ in range(args.repeats):
+                run.step()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    groups: Dict[str, float] = {}
+    for event in events:
+        key = event.key.lower()
+        group = next((g for g, subs in OP_GROUPS if any(s in key for s in subs)), "other")
+        groups[group] = groups.get(group, 0.0) + event.self_cpu_time_total
+    lines = [f"profile of {name}, {args.repeats} training steps: self CPU time by op group",
+             "| op group | ms per step | share |", "|---|---|---|"]
+    for group, us in sorted(groups.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {group} | {us / 1000 / args.repeats:.1f} | {100 * us / total:.1f}% |")
+    lines += ["", "| op | calls per step | ms per step | share |", "|---|---|---|---|"]
+    for event in sorted(events, key=lambda e: -e.self_cpu_time_total)[:20]:
+        lines.append(
+            f"| {event.key} | {event.count / args.repeats:.0f} | "
+            f"{event.self_cpu_time_total / 1000 / args.repeats:.1f} | "
+            f"{100 * event.self_cpu_time_total / total:.1f}% |"
+        )
+    return "\n".join(lines)
 
 
 def format_table(
@@ -322,7 +561,9 @@ def format_table(
 ) -> str:
     sizes = [f"{h}x{w}" for h, w in args.infer_sizes]
     train_cols = [] if args.skip_training else ["train_ms", "train_peak_mb"]
+    train_flop_cols = [] if args.skip_training else ["train_gflops", "train_gflops_per_s"]
     cols = [f"infer_{s}_ms" for s in sizes] + train_cols + ["gflops", "gflops_per_s"]
+    cols += train_flop_cols
     head = "| model | " + " | ".join(cols) + " | FCOS parts |"
     lines = [head, "|" + "---|" * (len(cols) + 2)]
     for name, row in rows.items():
@@ -348,6 +589,15 @@ def format_table(
         + ", ".join(f"{rate / 1e9:.1f} GFLOP/s in {fmt}" for fmt, rate in conv_rates.items())
         + " (fvcore convention: one multiply-add = one flop)."
     )
+    h, w = args.infer_sizes[0]
+    note = f"gflops: inference at {h}x{w} (fvcore); gflops_per_s: gflops / infer_{h}x{w}_ms"
+    if train_flop_cols:
+        th, tw = args.train_size
+        note += (
+            f"; train_gflops: one training step, batch {args.train_batch} at {th}x{tw}, "
+            "forward + backward (torch.utils.flop_counter, halved to the same convention)"
+        )
+    lines.append(note + ".")
     lines.append("")
     ratio_cols = [f"infer_{s}_ms" for s in sizes] + train_cols
     lines.append("| ratio | " + " | ".join(ratio_cols) + " |")
@@ -370,7 +620,9 @@ def main(argv: List[str] = None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true", help="mixed precision (autocast)")
-    parser.add_argument("--infer-sizes", type=parse_size, nargs="+", default=[(800, 1216), (512, 640)])
+    parser.add_argument(
+        "--infer-sizes", type=parse_size, nargs="+", default=[(800, 1216), (512, 640)]
+    )
     parser.add_argument("--train-size", type=parse_size, default=(512, 640))
     parser.add_argument("--train-batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
@@ -380,28 +632,37 @@ def main(argv: List[str] = None):
         help="which models (default: all but the two one-speed-up FCOS variants)",
     )
     parser.add_argument("--skip-training", action="store_true", help="inference only")
+    parser.add_argument(
+        "--profile-training", metavar="MODEL", choices=MODELS,
+        help="only profile this model's training step (torch.profiler, by op)",
+    )
     args = parser.parse_args(argv)
+    if args.profile_training:
+        log(f"profiling {args.profile_training}")
+        text = profile_training(args.profile_training, args)
+        print(machine_description(args.device, args.amp))
+        print(f"1-minute load average: {os.getloadavg()[0]:.2f}")
+        print(text)
+        return
 
-    configs = model_configs(args.device)
-    names = args.models or [name for name in configs if name not in ONE_SPEEDUP_FCOS]
-    models = {}
-    for name in names:
-        torch.manual_seed(0)
-        models[name] = build_model(configs[name]).eval()
+    names = args.models or [name for name in MODELS if name not in ONE_SPEEDUP_FCOS]
+    load_before = os.getloadavg()
+    models = build_models(names, args.device)
     log(f"[1/2] inference, {len(names)} models in turn")
     rows = bench_inference(models, args)
     del models  # one model at a time in memory for the training steps' peak memory
-    for i, name in enumerate([] if args.skip_training else names, 1):
-        log(f"[2/2] training step {i}/{len(names)}: {name}")
-        torch.manual_seed(0)
-        rows[name].update(bench_training(name, build_model(configs[name]), args))
-        log(f"  [{name}] " + ", ".join(f"{k}={v:.1f}" for k, v in rows[name].items()))
+    if not args.skip_training:
+        log(f"[2/2] training steps, {len(names)} models in turn")
+        for name, row in bench_training(names, args).items():
+            rows[name].update(row)
+            log(f"  [{name}] " + ", ".join(f"{k}={v:.1f}" for k, v in rows[name].items()))
     log("plain convolution rate")
     conv_rates = conv_peak_flops(args.device, args.amp)
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else (
-        f"CPU, {torch.get_num_threads()} threads"
+    print(machine_description(args.device, args.amp))
+    print(
+        "1-minute load average at start / end: "
+        f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f} (other processes share the CPUs)"
     )
-    print(f"device: {device_name}; amp: {args.amp}; torch {torch.__version__}")
     print(format_table(rows, args, conv_rates))
 
 

@@ -14,25 +14,30 @@ benchmark = load_script("benchmarks/benchmark.py")
 
 
 def _args(skip_training: bool):
-    return argparse.Namespace(infer_sizes=[(800, 1216)], skip_training=skip_training)
+    return argparse.Namespace(
+        infer_sizes=[(800, 1216)], skip_training=skip_training, train_size=(512, 640),
+        train_batch=2,
+    )
 
 
 def _rows():
     fcos = {
         "infer_800x1216_ms": 700.0, "post_800x1216_ms": 7.0, "post_full_800x1216_ms": 35.0,
         "train_ms": 2000.0, "train_peak_mb": 1500.0, "targets_losses_ms": 50.0,
-        "gflops": 190.0, "gflops_per_s": 271.4,
+        "gflops": 190.0, "gflops_per_s": 271.4, "train_gflops": 300.0,
+        "train_gflops_per_s": 150.0,
     }
     base = {
         "infer_800x1216_ms": 1000.0, "post_800x1216_ms": 0.0, "train_ms": 4000.0,
         "train_peak_mb": 3000.0, "targets_losses_ms": 0.0, "gflops": 178.0,
-        "gflops_per_s": 178.0,
+        "gflops_per_s": 178.0, "train_gflops": 280.0, "train_gflops_per_s": 70.0,
     }
     return {"FCOS": fcos, "Faster R-CNN (D2)": base}
 
 
 def test_table_ratios_and_fcos_shares():
-    text = benchmark.format_table(_rows(), _args(False), {"NCHW": 1.5e11, "NHWC": 2.0e11})
+    rates = {"NCHW": 1.5e11, "NHWC": 2.0e11, "NCHW forward+backward": 1.2e11}
+    text = benchmark.format_table(_rows(), _args(False), rates)
     lines = text.splitlines()
     # FCOS / baseline for inference, training step and peak memory: 700/1000, 2000/4000...
     assert "| FCOS / Faster R-CNN (D2) | 0.70 | 0.50 | 0.50 |" in lines
@@ -41,13 +46,19 @@ def test_table_ratios_and_fcos_shares():
     fcos_row = next(line for line in lines if line.startswith("| FCOS | "))
     assert "targets+losses 50.0 ms (2.5% of step)" in fcos_row
     assert "post-proc 800x1216 7.0 ms (1.0%), every score passing 35.0 ms (5.0%)" in fcos_row
-    assert "150.0 GFLOP/s in NCHW, 200.0 GFLOP/s in NHWC" in text
+    assert (
+        "150.0 GFLOP/s in NCHW, 200.0 GFLOP/s in NHWC, 120.0 GFLOP/s in NCHW forward+backward"
+        in text
+    )
+    assert "| 2000.0 | 1500.0 | 190.0 | 271.4 | 300.0 | 150.0 |" in fcos_row
+    assert "train_gflops: one training step, batch 2 at 512x640, forward + backward" in text
 
 
 def test_table_without_training_columns():
     rows = _rows()
     for row in rows.values():  # what an inference-only run measures
-        for key in ("train_ms", "train_peak_mb", "targets_losses_ms"):
+        for key in ("train_ms", "train_peak_mb", "targets_losses_ms", "train_gflops",
+                    "train_gflops_per_s"):
             del row[key]
     text = benchmark.format_table(rows, _args(True), {"NCHW": 1e11, "NHWC": 1e11})
     assert "train_ms" not in text
@@ -81,7 +92,8 @@ def test_saturated_postprocessing_fills_every_level(monkeypatch):
 
 def test_model_list_and_fcos_variants():
     configs = benchmark.model_configs("cpu")
-    assert set(configs) == set(benchmark.MODELS)  # every config can be picked by --models
+    # every model can be picked by --models: the Detectron2 configs and torchvision's FCOS
+    assert set(configs) | {benchmark.TORCHVISION_FCOS} == set(benchmark.MODELS)
     speedups = {
         name: (cfg.MODEL.FCOS.CHANNELS_LAST, cfg.MODEL.FCOS.FOLD_BN_AT_TEST)
         for name, cfg in configs.items()
@@ -95,3 +107,56 @@ def test_model_list_and_fcos_variants():
     }
     for cfg in configs.values():  # same backbone for every detector
         assert cfg.MODEL.RESNETS.DEPTH == 50 and cfg.MODEL.WEIGHTS == ""
+
+
+def test_machine_line_names_cpu_extensions():
+    assert benchmark.vector_extensions({"avx2", "fma"}) == "AVX2, no AMX"
+    assert (
+        benchmark.vector_extensions({"avx2", "avx512f", "avx512_bf16"})
+        == "AVX2, AVX-512 (bf16), no AMX"
+    )
+    assert benchmark.vector_extensions({"avx2", "avx512f", "amx_tile"}) == "AVX2, AVX-512, AMX"
+    line = benchmark.machine_description("cpu", amp=False)
+    assert f"{torch.get_num_threads()} threads" in line and torch.__version__ in line
+    assert benchmark.cpu_info()["model"] in line
+
+
+def _trainable(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_torchvision_peer_trains_what_fcos_d2_trains():
+    """torchvision's FCOS gets Detectron2's FREEZE_AT=2: stem and first stage frozen with
+    FrozenBatchNorm, three trainable stages with BatchNorm."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    peer = benchmark.build_torchvision_fcos("cpu").model
+    body = peer.backbone.body
+    for frozen in (body.bn1, *body.layer1.modules()):
+        assert not isinstance(frozen, torch.nn.BatchNorm2d)
+    assert isinstance(body.bn1, FrozenBatchNorm2d)
+    assert all(not p.requires_grad for p in [*body.conv1.parameters(), *body.layer1.parameters()])
+    assert all(p.requires_grad for p in body.layer2.parameters())
+    assert isinstance(body.layer4[2].bn3, torch.nn.BatchNorm2d)
+    ours = build_model(benchmark.model_configs("cpu")["FCOS"])
+    # same trainable network: ResNet-50 res3-res5, FPN, P6/P7, head; fcos_d2 has one
+    # learnable scale per level (5) that torchvision's head does not
+    assert _trainable(ours) - _trainable(peer) == 5
+    # by hand: ResNet-50's 25,557,032 less fc (2,049,000), stem (9,408 + 128) and layer1
+    # (215,808) = 23,282,688; FPN laterals 918,272 + outputs 1,770,240 + P6/P7 1,180,160;
+    # head: two towers of 4 x (589,824 + 256 + 512 GN) + 184,400 + 9,220 + 2,305
+    assert _trainable(peer) == 23_282_688 + 3_868_672 + 4_920_661
+
+
+def test_torchvision_peer_sees_the_same_pixels():
+    """Its transform resizes nothing: the normalised batch is the input, unscaled."""
+    peer = benchmark.build_torchvision_fcos("cpu").eval()
+    inputs = benchmark.random_images(1, 96, 160, "cpu", with_boxes=False)
+    images, targets = peer.torchvision_inputs(inputs)
+    assert targets is None
+    batch, _ = peer.model.transform(images)
+    assert batch.image_sizes == [(96, 160)] and batch.tensors.shape == (1, 3, 96, 160)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    expected = (inputs[0]["image"] / 255 - mean) / std
+    torch.testing.assert_close(batch.tensors[0], expected, atol=1e-5, rtol=0)
