@@ -6,10 +6,16 @@ it shrinks, its triangle kernel widens with the scale, so every input pixel coun
 ``Resize`` (and ``F.interpolate``) only antialias from opset 18 on, and their plain linear
 mode samples 2 pixels per output pixel, which aliases when shrinking. So the graph
 computes Pillow's resampling itself: the same coefficients (computed in float64, in the
-same order of operations), the same 22-bit fixed-point rounding, the same two passes
-(horizontal, then vertical, each rounded to 0..255). The result equals
-``PIL.Image.resize(..., BILINEAR)`` exactly, so the graph sees the pixels the eager model
-sees (tested).
+same order of operations), the same 22-bit fixed-point rounding, two passes (horizontal,
+then vertical, each rounded to 0..255), in float64, where those integer sums are exact.
+
+The result equals ``PIL.Image.resize(..., BILINEAR)`` pixel for pixel for landscape
+images and portrait ones up to about 1.6:1 (tested on random sizes and settings), so the
+graph sees the pixels the eager model sees. Pillow 13 runs its vertical pass first for
+some resizes -- when one axis grows while the other shrinks (never at test time), and
+for some reductions of tall images (height about twice the width or more); its rule is
+not documented and the graph keeps Pillow's classic horizontal-first order, so there
+about 20 % of the pixels differ by one grey level.
 
 Each pass gathers, for every output row (or column), its ``T = 2 * ceil(scale) + 1``
 input rows and sums them with their weights: memory grows with ``T`` (shrinking a

@@ -1,0 +1,187 @@
+#!/usr/bin/env python
+"""Latency of the end-to-end ONNX graph in ONNX Runtime next to eager fcos_d2 (CPU).
+
+    python benchmarks/export_latency.py                       # R-50-FPN, 800x1216 and 512x640
+    python benchmarks/export_latency.py --sizes 800x1216 --repeats 9 --output latency.md
+
+ResNet-50-FPN FCOS (``configs/COCO-Detection/FCOS_R_50_1x.yaml``) with random weights
+(nothing is downloaded), batch 1, one uint8 image of each ``--sizes`` (H x W). Timed,
+each the median of ``--repeats`` runs after one warm-up, the variants taking turns run by
+run so that a slow spell of a shared machine hits all of them alike:
+
+* **eager**: what Detectron2's test-time path runs -- ``ResizeShortestEdge`` (Pillow),
+  the model (the config's defaults: NHWC, BatchNorm folded) and rescaling to the image;
+* **ORT end-to-end**: ``session.run`` of ``FCOSEndToEnd`` (resize inside);
+* **ORT no-resize**: the ``--no-resize`` graph on the already-resized image;
+* **ORT raw**: the raw graph (backbone + head only) on the normalised padded tensor.
+
+So "no-resize - raw" is what normalisation, padding and post-processing cost inside the
+graph, and "end-to-end - no-resize" what the in-graph resize costs. The random head
+gives almost no detections (scores about 0.01 < the 0.05 threshold); ``worst case``
+rows raise the class bias so that every score passes (1000 candidates per level, NMS over
+5000) -- the most post-processing can cost. Every table names the CPU model (lscpu),
+threads, versions and the load average.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnxruntime
+import torch
+
+import fcos_d2
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+
+from fcos_d2.export import FCOSRawOutputs, export_end_to_end, export_onnx, preprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "COCO-Detection", "FCOS_R_50_1x.yaml")
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown CPU"
+    for line in out.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def parse_size(text: str):
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sizes takes HxW, e.g. 800x1216; got {text!r}")
+    return height, width
+
+
+def build(worst_case: bool):
+    cfg = fcos_d2.setup_cfg(CONFIG, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()  # random weights: nothing is loaded
+    if worst_case:
+        with torch.no_grad():
+            model.head.cls_logits.bias.fill_(4.0)  # every score passes the threshold
+    return cfg, model
+
+
+def eager_runner(cfg, model):
+    resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+
+    def run(image):
+        resized = resize.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))).float()
+        with torch.no_grad():
+            out = model([{"image": tensor, "height": image.shape[0], "width": image.shape[1]}])
+        return len(out[0]["instances"])
+
+    return run
+
+
+def session(path, threads):
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def ort_runners(cfg, model, image, folder, threads):
+    """ORT end-to-end, no-resize and raw runners for inputs like ``image``."""
+    resize = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    resized = T.ResizeShortestEdge(*resize).get_transform(image).apply_image(image)
+    paths = {k: os.path.join(folder, f"{k}.onnx") for k in ("e2e", "noresize", "raw")}
+    export_end_to_end(model, torch.from_numpy(image), paths["e2e"], "onnx", resize)
+    export_end_to_end(model, torch.from_numpy(resized), paths["noresize"], "onnx", None)
+    tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))).float()
+    padded = preprocess(model, [{"image": tensor}]).tensor.contiguous()
+    export_onnx(model, padded, paths["raw"])
+    e2e, noresize, raw = (session(paths[k], threads) for k in ("e2e", "noresize", "raw"))
+    padded_np = padded.numpy()
+    return {
+        "ORT end-to-end": lambda img: len(e2e.run(None, {"image": img})[0]),
+        "ORT no-resize": lambda img: len(noresize.run(None, {"image": resized})[0]),
+        "ORT raw graph": lambda img: len(raw.run(None, {"images": padded_np})),
+    }
+
+
+def measure(runners, image, repeats):
+    """Median seconds per runner, the runners taking turns; and their detection counts."""
+    times = {name: [] for name in runners}
+    counts = {name: run(image) for name, run in runners.items()}  # warm-up
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run(image)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}, counts
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(800, 1216), (512, 640)])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch and ORT threads (0: default)")
+    parser.add_argument("--no-worst-case", action="store_true")
+    parser.add_argument("--output", default="", help="also write the table (markdown) here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    header = (
+        f"CPU: {cpu_model()}, {torch.get_num_threads()} torch threads, ORT "
+        f"{onnxruntime.__version__} ({args.threads or 'default'} threads), torch "
+        f"{torch.__version__}, load average before: {os.getloadavg()[0]:.2f}"
+    )
+    print(header, flush=True)
+    rows = []
+    cases = [False] if args.no_worst_case else [False, True]
+    with tempfile.TemporaryDirectory() as folder:
+        for worst_case in cases:
+            cfg, model = build(worst_case)
+            for height, width in args.sizes:
+                image = np.random.default_rng(0).integers(0, 256, (height, width, 3), np.uint8)
+                runners = {"eager": eager_runner(cfg, model)}
+                runners.update(ort_runners(cfg, model, image, folder, args.threads))
+                medians, counts = measure(runners, image, args.repeats)
+                row = {"size": f"{height}x{width}", "worst_case": worst_case,
+                       "detections": counts["eager"], "ort_detections": counts["ORT end-to-end"],
+                       **{k: round(v * 1000, 1) for k, v in medians.items()}}  # fmt: skip
+                row["ratio"] = round(medians["ORT end-to-end"] / medians["eager"], 3)
+                row["post_ms"] = round((medians["ORT no-resize"] - medians["ORT raw graph"]) * 1000, 1)
+                row["resize_ms"] = round((medians["ORT end-to-end"] - medians["ORT no-resize"]) * 1000, 1)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    lines = [
+        header + f", load average after: {os.getloadavg()[0]:.2f}, median of {args.repeats}",
+        "",
+        "| input | head | detections | eager (ms) | ORT end-to-end (ms) | ratio | "
+        "ORT no-resize (ms) | ORT raw graph (ms) | in-graph resize (ms) | "
+        "in-graph normalise + pad + post-processing (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['size']} | {'every score passes' if r['worst_case'] else 'random'} | "
+            f"{r['detections']} | {r['eager']} | {r['ORT end-to-end']} | {r['ratio']} | "
+            f"{r['ORT no-resize']} | {r['ORT raw graph']} | {r['resize_ms']} | {r['post_ms']} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
