@@ -261,10 +261,15 @@ def read_converted_file(path: str):
 
 def load_with_checkpointer(model, path: str) -> None:
     """``DetectionCheckpointer(model).load(path)``, then check that the file held exactly
-    the model's weights (no missing, unexpected or misshapen key) and the model now has them."""
+    the model's weights, those of its backbone and head (no missing, unexpected or
+    misshapen key), and the model now has them. The losses' running statistic is training
+    state, in no reference checkpoint: it keeps its initial value."""
+    initial_moving_num_fg = model.losses.moving_num_fg.clone()
     DetectionCheckpointer(model).load(path)
-    stored, state = read_converted_file(path), model.state_dict()
+    stored = read_converted_file(path)
+    state = {k: v for k, v in model.state_dict().items() if k.startswith(("backbone.", "head."))}
     assert sorted(stored) == sorted(state)
+    assert torch.equal(model.losses.moving_num_fg, initial_moving_num_fg)
     for key, value in state.items():
         assert stored[key].shape == value.shape, key
         assert torch.equal(stored[key].to(value.dtype), value), key

@@ -76,7 +76,8 @@ def main(argv=None) -> int:
         return 1
     print(summary.format())
     if model_state is not None:
-        print(f"Checked against {args.config_file}: all {len(model_state)} model keys match.")
+        print(f"Checked against {args.config_file}: the model has all {len(converted)} tensors, "
+              "with these shapes.")
     else:
         print("As opts: " + " ".join(_shell_word(o) for o in summary.hint_opts()))
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

@@ -63,9 +63,9 @@ GROUPS = (G_RESNET, G_FPN, G_TOP, G_TOWER_CONV, G_TOWER_NORM, G_PRED, G_SCALE)
 
 # Source keys that carry no weights of the model (buffers of old Detectron2 versions).
 _DROPPED = ("pixel_mean", "pixel_std")
-# fcos_d2 state that no reference stores, filled with its initial value.
-_MOVING_FG_KEY = "losses.moving_num_fg"
-_MOVING_FG_INIT = 100.0  # FCOSLosses' (and AdelaiDet's) initial moving positives count
+# The FCOS modules that hold weights; the model's other state (e.g. the losses' running
+# statistics) is no reference's and starts at its initial value when the weights load.
+_WEIGHT_MODULES = ("backbone.", "head.")
 _D2_FROZEN_BN_EPS = 1e-5  # detectron2.layers.FrozenBatchNorm2d's default eps
 
 _Rule = Tuple[str, Callable[[re.Match], str], str]
@@ -196,7 +196,8 @@ _NOTES = {
         "Detectron2's 0-255 pixels that is INPUT.FORMAT RGB, MODEL.PIXEL_MEAN [123.675, "
         "116.28, 103.53], MODEL.PIXEL_STD [58.395, 57.12, 57.375].",
         "The remaining differences from fcos_d2's defaults (locations at k * stride, "
-        "padding to 32, thresholding the final score, keeping empty boxes) are set in "
+        "spaced by input size // level size, thresholding the final score, keeping "
+        "empty boxes) are set in "
         "configs/COCO-Detection/FCOS_R_50_torchvision.yaml: run the weights with it.",
     ],
     "adelaidet": [
@@ -391,8 +392,8 @@ def convert_reference_checkpoint(
             ``module.`` (DistributedDataParallel) is ignored.
         source: "adelaidet", "maskrcnn_benchmark" or "torchvision".
         model_state: optionally the target model's ``state_dict()``: the result is then
-            checked against it (no missing or unexpected keys, equal shapes), and
-            BatchNorm counters the source lacks are filled in.
+            checked against it (no missing weight of the backbone or head, no unexpected
+            key, equal shapes), and BatchNorm counters the source lacks are filled in.
         num_classes: the classes the result is for (``MODEL.FCOS.NUM_CLASSES``); None:
             the source's own (for "torchvision", its 91 outputs become the 80 COCO
             classes). When it differs from the source's, everything but the class logits
@@ -473,11 +474,6 @@ def convert_reference_checkpoint(
     ]
     if not any(k.startswith("backbone.fpn_lateral") for k in converted):
         missing.append("backbone.fpn_lateral* (FPN)")
-    if model_state is None or _MOVING_FG_KEY in model_state:
-        value = model_state[_MOVING_FG_KEY].clone() if model_state is not None else None
-        converted[_MOVING_FG_KEY] = value if value is not None else torch.tensor(_MOVING_FG_INIT)
-        summary.filled.append(_MOVING_FG_KEY)
-
     unexpected, misshapen = [], []
     if model_state is not None:
         for key, value in model_state.items():
@@ -487,7 +483,7 @@ def convert_reference_checkpoint(
             elif key not in converted and new_classes and key in _CLASS_KEYS:
                 converted[key] = value.clone()  # the model's initial class logits
                 summary.filled.append(key)
-        missing += [k for k in model_state if k not in converted]
+        missing += [k for k in model_state if k not in converted and k.startswith(_WEIGHT_MODULES)]
         unexpected = [k for k in converted if k not in model_state]
         misshapen = [
             f"{k}: {tuple(converted[k].shape)} in the checkpoint, {tuple(model_state[k].shape)} "

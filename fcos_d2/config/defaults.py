@@ -41,6 +41,15 @@ def add_fcos_config(cfg: CN) -> CN:
     # At inference (no autograd, not tracing), run a copy of the backbone whose
     # BatchNorms are folded into the convolutions before them; rebuilt when weights change.
     fcos.FOLD_BN_AT_TEST = True
+    # Where location (i, j) of a level sits: ((j + LOCATION_OFFSET) * sx, (i + LOCATION_OFFSET)
+    # * sy), spacing (sy, sx) the level's stride. 0.5: the centre of the stride cell
+    # (FCOS's stride // 2); 0.0: torchvision's anchor centres, k * stride.
+    fcos.LOCATION_OFFSET = 0.5
+    # Space the locations by (padded input size // level size) per axis instead of the
+    # stride, as torchvision's AnchorGenerator (differs from the stride on the levels whose
+    # size was rounded up, e.g. P6/P7 of an input padded to 32 only). Boxes still scale by
+    # the stride.
+    fcos.SPACING_FROM_INPUT = False
     # ---- target assignment --------------------------------------------------------------
     fcos.SIZES_OF_INTEREST = [64, 128, 256, 512]
     fcos.CENTER_SAMPLE = True
@@ -62,6 +71,12 @@ def add_fcos_config(cfg: CN) -> CN:
     fcos.NMS_TH = 0.6
     fcos.THRESH_WITH_CTR = False  # threshold cls*ctr instead of cls
     fcos.SCORE_SQRT = True  # final score sqrt(cls*ctr); False gives cls*ctr
+    # Threshold the final score (sqrt(cls*ctr) with SCORE_SQRT) instead of cls (or cls*ctr
+    # with THRESH_WITH_CTR), as torchvision.
+    fcos.THRESH_ON_FINAL_SCORE = False
+    # Drop detections whose box is empty (zero width or height) after clipping to the
+    # image, here and in Detectron2's detector_postprocess; torchvision keeps them.
+    fcos.REMOVE_EMPTY_BOXES = True
 
 
     # ---- FCOS as the RPN of a two-stage detector (PROPOSAL_GENERATOR.NAME: "FCOS") ------

@@ -67,6 +67,9 @@ class FCOSPostProcessor:
     so are candidates with a non-finite box or score (a diverging or overflowed head),
     counted in a log line.
 
+    torchvision's FCOS instead thresholds the final score (``thresh_on_final_score``) and
+    keeps empty boxes (``remove_small_boxes=False``).
+
     :meth:`detect_image` is the whole computation for one image on tensors; it can be
     traced (``torch.jit.trace``, ONNX export).
     """
@@ -82,7 +85,11 @@ class FCOSPostProcessor:
         thresh_with_ctr: bool = False,
         score_sqrt: bool = True,
         min_box_size: float = 0.0,
+        thresh_on_final_score: bool = False,
+        remove_small_boxes: bool = True,
     ):
+        self.thresh_on_final_score = thresh_on_final_score
+        self.remove_small_boxes = remove_small_boxes
         self.score_thresh = score_thresh
         self.pre_nms_topk = pre_nms_topk
         self.post_nms_topk = post_nms_topk
@@ -101,6 +108,8 @@ class FCOSPostProcessor:
             "nms_thresh": fcos.NMS_TH,
             "thresh_with_ctr": fcos.THRESH_WITH_CTR,
             "score_sqrt": fcos.SCORE_SQRT,
+            "thresh_on_final_score": fcos.THRESH_ON_FINAL_SCORE,
+            "remove_small_boxes": fcos.REMOVE_EMPTY_BOXES,
         }
 
     def __call__(
@@ -151,7 +160,10 @@ class FCOSPostProcessor:
         the whole (R, K) score map is cheaper than gathering them all.
         """
         ctr_prob = ctrness.sigmoid()  # (R,)
-        if self.thresh_with_ctr:
+        if self.thresh_on_final_score:  # torchvision: sqrt(cls * ctr) > thresh
+            dense = logits.sigmoid() * ctr_prob[:, None]  # (R, K) cls * ctr
+            passing = (torch.sqrt(dense) if self.score_sqrt else dense) > self.score_thresh
+        elif self.thresh_with_ctr:
             dense = logits.sigmoid() * ctr_prob[:, None]  # (R, K) cls * ctr
             passing = dense > self.score_thresh
         else:
@@ -203,7 +215,9 @@ class FCOSPostProcessor:
                 )
         boxes = clip_boxes(boxes, image_size)
         widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        keep = finite & (widths > self.min_box_size) & (heights > self.min_box_size)
+        keep = finite
+        if self.remove_small_boxes:
+            keep = keep & (widths > self.min_box_size) & (heights > self.min_box_size)
         boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
         keep = batched_nms(boxes, scores, classes, self.nms_thresh)[: self.post_nms_topk]
         return boxes[keep], scores[keep], classes[keep]

@@ -41,6 +41,9 @@ class FCOS(FCOSPipeline):
         pixel_std: Tuple[float, ...],
         channels_last: Union[bool, Tuple[bool, bool]] = False,
         fold_bn_at_test: bool = False,
+        location_offset: float = 0.5,
+        spacing_from_input: bool = False,
+        remove_empty_boxes: bool = True,
     ):
         """
         Args:
@@ -57,6 +60,11 @@ class FCOS(FCOSPipeline):
                 with its BatchNorms folded into the preceding convolutions
                 (:func:`fcos_d2.modeling.fold_bn.fold_batchnorm`); same results up to
                 float rounding. The copy is rebuilt when the weights change.
+            location_offset, spacing_from_input: where the locations sit (see
+                :class:`FCOSPipeline`).
+            remove_empty_boxes: drop detections whose box is empty after clipping (in
+                the post-processor and when rescaling to the output size, as Detectron2's
+                ``detector_postprocess``); False keeps them, as torchvision.
         """
         super().__init__(
             head=head,
@@ -65,8 +73,11 @@ class FCOS(FCOSPipeline):
             target_assigner=target_assigner,
             losses=losses,
             postprocessor=postprocessor,
+            location_offset=location_offset,
+            spacing_from_input=spacing_from_input,
         )
         self.backbone = backbone
+        self.remove_empty_boxes = remove_empty_boxes
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         if isinstance(channels_last, bool):
@@ -89,6 +100,9 @@ class FCOS(FCOSPipeline):
             "target_assigner": FCOSTargetAssigner(cfg),
             "losses": FCOSLosses(cfg),
             "postprocessor": FCOSPostProcessor(cfg, is_train=False),
+            "location_offset": cfg.MODEL.FCOS.LOCATION_OFFSET,
+            "spacing_from_input": cfg.MODEL.FCOS.SPACING_FROM_INPUT,
+            "remove_empty_boxes": cfg.MODEL.FCOS.REMOVE_EMPTY_BOXES,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "channels_last": channels_last_modes(cfg),
@@ -149,7 +163,7 @@ class FCOS(FCOSPipeline):
         """
         images = self.preprocess_image(batched_inputs)
         features = self.inference_backbone()(images.tensor)
-        predictions = self.predict(features)
+        predictions = self.predict(features, tuple(images.tensor.shape[-2:]))
         if self.training:
             return self.forward_training(predictions, batched_inputs)
         return self.forward_inference(predictions, images, batched_inputs)
@@ -162,18 +176,34 @@ class FCOS(FCOSPipeline):
         self, predictions, images: ImageList, batched_inputs
     ) -> List[Dict[str, Instances]]:
         results = self.detect(predictions, images.image_sizes)
-        return self.postprocess_to_original(results, batched_inputs, images.image_sizes)
+        return self.postprocess_to_original(
+            results, batched_inputs, images.image_sizes, keep_empty=not self.remove_empty_boxes
+        )
 
     @staticmethod
     def postprocess_to_original(
         results: List[Instances],
         batched_inputs: List[Dict[str, Tensor]],
         image_sizes: List[Tuple[int, int]],
+        keep_empty: bool = False,
     ) -> List[Dict[str, Instances]]:
-        """Rescale detections to each image's requested output size, Detectron2's way."""
+        """Rescale detections to each image's requested output size, Detectron2's way
+        (``detector_postprocess``: scale, clip, drop empty boxes); ``keep_empty`` keeps
+        the empty boxes."""
         processed = []
         for result, inputs, image_size in zip(results, batched_inputs, image_sizes):
             height = inputs.get("height", image_size[0])
             width = inputs.get("width", image_size[1])
-            processed.append({"instances": detector_postprocess(result, height, width)})
+            rescale = rescale_keeping_empty if keep_empty else detector_postprocess
+            processed.append({"instances": rescale(result, height, width)})
         return processed
+
+
+def rescale_keeping_empty(result: Instances, height: int, width: int) -> Instances:
+    """``detector_postprocess`` for boxes without its last step: boxes scaled to
+    (height, width) and clipped, empty ones kept (torchvision's FCOS keeps them)."""
+    scale_x, scale_y = width / result.image_size[1], height / result.image_size[0]
+    rescaled = Instances((height, width), **result.get_fields())
+    rescaled.pred_boxes.scale(scale_x, scale_y)
+    rescaled.pred_boxes.clip((height, width))
+    return rescaled

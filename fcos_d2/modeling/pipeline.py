@@ -30,23 +30,42 @@ __all__ = ["FCOSPredictions", "FCOSPipeline", "check_strides", "level_locations"
 
 
 @lru_cache(maxsize=128)
-def _cached_locations(height: int, width: int, stride: int, device: torch.device) -> Tensor:
-    return compute_locations(height, width, stride, device)
+def _cached_locations(
+    height: int,
+    width: int,
+    stride: int,
+    device: torch.device,
+    offset: float,
+    spacing: Optional[Tuple[int, int]],
+) -> Tensor:
+    return compute_locations(height, width, stride, device, offset, spacing)
 
 
-def level_locations(features: Sequence[Tensor], strides: Sequence[int]) -> List[Tensor]:
+def level_locations(
+    features: Sequence[Tensor],
+    strides: Sequence[int],
+    offset: float = 0.5,
+    input_size: Optional[Tuple[int, int]] = None,
+) -> List[Tensor]:
     """Per level, the (Hi*Wi, 2) image coordinates of its locations (cached per size).
+
+    ``offset``: see :func:`compute_locations`. With ``input_size`` (the padded input's
+    (H, W)), the locations of a level are spaced by (H // Hi, W // Wi) instead of its
+    stride, as torchvision's ``AnchorGenerator`` spaces its anchors.
 
     The returned tensors are shared between calls: do not modify them in place. While
     tracing, they are computed from the traced shapes instead, so an exported graph
     follows the input size.
     """
-    if torch.jit.is_tracing():
-        return [compute_locations(f.shape[-2], f.shape[-1], int(s), f.device)
-                for f, s in zip(features, strides)]  # fmt: skip
+    spacings = [
+        None if input_size is None
+        else (int(input_size[0]) // int(f.shape[-2]), int(input_size[1]) // int(f.shape[-1]))
+        for f in features
+    ]  # fmt: skip
+    locate = compute_locations if torch.jit.is_tracing() else _cached_locations
     return [
-        _cached_locations(f.shape[-2], f.shape[-1], int(s), f.device)
-        for f, s in zip(features, strides)
+        locate(f.shape[-2], f.shape[-1], int(s), f.device, float(offset), spacing)
+        for f, s, spacing in zip(features, strides, spacings)
     ]
 
 
@@ -94,12 +113,15 @@ class FCOSPredictions:
         features: List[Tensor],
         strides: List[int],
         head_outputs: Tuple[List[Tensor], List[Tensor], List[Tensor]],
+        location_offset: float = 0.5,
+        input_size: Optional[Tuple[int, int]] = None,
     ) -> "FCOSPredictions":
         """From the feature maps (for their sizes) and the head's per-level
-        (logits, box distances, centerness) maps of shape (N, C, Hl, Wl)."""
+        (logits, box distances, centerness) maps of shape (N, C, Hl, Wl); the locations'
+        ``location_offset`` and ``input_size`` as in :func:`level_locations`."""
         logits, box_dists, ctrness = head_outputs
         return cls(
-            locations=level_locations(features, strides),
+            locations=level_locations(features, strides, location_offset, input_size),
             strides=list(strides),
             logits=_per_level(logits),
             box_dists=_per_level(box_dists),
@@ -125,6 +147,8 @@ class FCOSPipeline(nn.Module):
         losses: FCOSLosses,
         postprocessor: FCOSPostProcessor,
         postprocessor_train: Optional[FCOSPostProcessor] = None,
+        location_offset: float = 0.5,
+        spacing_from_input: bool = False,
     ):
         """
         Args:
@@ -135,6 +159,11 @@ class FCOSPipeline(nn.Module):
             target_assigner, losses: see their classes.
             postprocessor: turns predictions into detections at inference.
             postprocessor_train: the one used in training mode (default: the same).
+            location_offset: where a location sits in its stride cell
+                (``MODEL.FCOS.LOCATION_OFFSET``, see :func:`compute_locations`).
+            spacing_from_input: space the locations by padded input size // level size
+                (``MODEL.FCOS.SPACING_FROM_INPUT``, torchvision's anchors); ``predict``
+                then needs the input size.
         """
         super().__init__()
         target_assigner.check_num_levels(len(in_features))
@@ -145,11 +174,27 @@ class FCOSPipeline(nn.Module):
         self.losses = losses
         self.postprocessor = postprocessor
         self.postprocessor_train = postprocessor_train or postprocessor
+        self.location_offset = float(location_offset)
+        self.spacing_from_input = spacing_from_input
 
-    def predict(self, features: Dict[str, Tensor]) -> FCOSPredictions:
-        """Run the head on ``features[in_features]``."""
+    def predict(
+        self, features: Dict[str, Tensor], input_size: Optional[Tuple[int, int]] = None
+    ) -> FCOSPredictions:
+        """Run the head on ``features[in_features]``; ``input_size``: the (H, W) of the
+        padded input batch, needed with ``spacing_from_input``."""
+        if self.spacing_from_input and input_size is None:
+            raise ValueError(
+                "MODEL.FCOS.SPACING_FROM_INPUT places the locations by the padded input "
+                "size: pass input_size to predict()"
+            )
         maps = [features[f] for f in self.in_features]
-        return FCOSPredictions.from_head(maps, self.strides, self.head(maps))
+        return FCOSPredictions.from_head(
+            maps,
+            self.strides,
+            self.head(maps),
+            self.location_offset,
+            tuple(input_size) if self.spacing_from_input else None,
+        )
 
     def losses_of(
         self,

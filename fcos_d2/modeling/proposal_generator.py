@@ -39,6 +39,8 @@ class FCOSProposalGenerator(FCOSPipeline):
         postprocessor_train: FCOSPostProcessor,
         postprocessor_test: FCOSPostProcessor,
         class_agnostic: bool = True,
+        location_offset: float = 0.5,
+        spacing_from_input: bool = False,
     ):
         """
         Args:
@@ -47,6 +49,8 @@ class FCOSProposalGenerator(FCOSPipeline):
                 backbone's output shapes).
             postprocessor_train, postprocessor_test: proposals in training / at inference.
             class_agnostic: one "object" class (every ground-truth box is class 0).
+            location_offset, spacing_from_input: where the locations sit (see
+                :class:`FCOSPipeline`).
         """
         super().__init__(
             head=head,
@@ -56,6 +60,8 @@ class FCOSProposalGenerator(FCOSPipeline):
             losses=losses,
             postprocessor=postprocessor_test,
             postprocessor_train=postprocessor_train,
+            location_offset=location_offset,
+            spacing_from_input=spacing_from_input,
         )
         self.class_agnostic = class_agnostic
 
@@ -89,6 +95,8 @@ class FCOSProposalGenerator(FCOSPipeline):
             "postprocessor_train": postprocessor("TRAIN"),
             "postprocessor_test": postprocessor("TEST"),
             "class_agnostic": rpn.CLASS_AGNOSTIC,
+            "location_offset": fcos.LOCATION_OFFSET,
+            "spacing_from_input": fcos.SPACING_FROM_INPUT,
         }
 
     def forward(
@@ -97,7 +105,7 @@ class FCOSProposalGenerator(FCOSPipeline):
         features: Dict[str, Tensor],
         gt_instances: Optional[List[Instances]] = None,
     ) -> Tuple[List[Instances], Dict[str, Tensor]]:
-        predictions = self.predict(features)
+        predictions = self.predict(features, tuple(images.tensor.shape[-2:]))
         losses = {}
         if self.training:
             if gt_instances is None:

@@ -12,14 +12,26 @@ __all__ = ["compute_locations", "FCOSTargetAssigner", "centerness_targets"]
 INF = float("inf")
 
 
-def compute_locations(height: int, width: int, stride: int, device=None) -> Tensor:
+def compute_locations(
+    height: int,
+    width: int,
+    stride: int,
+    device=None,
+    offset: float = 0.5,
+    spacing: Optional[Tuple[int, int]] = None,
+) -> Tensor:
     """Image coordinates (x, y) of every location of an (height, width) feature map.
 
-    Location (i, j) of a level with stride s sits at (s // 2 + j * s, s // 2 + i * s).
+    Location (i, j) of a level with stride s sits at (offset * s + j * sx, offset * s +
+    i * sy), where (sy, sx) is ``spacing`` (default (s, s)). FCOS: offset 0.5, i.e.
+    (s // 2 + j * s, s // 2 + i * s) for the even strides of FPN levels. torchvision's
+    anchor centres: offset 0 and spacing (padded input size // level size) per axis.
     Returns a (height * width, 2) float tensor in row-major order.
     """
-    xs = torch.arange(width, dtype=torch.float32, device=device) * stride + stride // 2
-    ys = torch.arange(height, dtype=torch.float32, device=device) * stride + stride // 2
+    step_y, step_x = spacing if spacing is not None else (stride, stride)
+    shift = offset * stride
+    xs = torch.arange(width, dtype=torch.float32, device=device) * step_x + shift
+    ys = torch.arange(height, dtype=torch.float32, device=device) * step_y + shift
     y, x = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([x.reshape(-1), y.reshape(-1)], dim=1)
 
