@@ -3,10 +3,14 @@
 #   make test             run the test suite
 #   make demo             train the small demo FCOS on CPU/GPU
 #   make test PY=python   use another interpreter (installs into its environment)
+#   make test-detectron2-source [D2_SOURCE=path]
+#                         build a compiled Detectron2 from source in build/ and run the
+#                         tests against it (scripts/test_with_detectron2_source.sh)
 PY ?= .venv/bin/python
 VENV_PY := .venv/bin/python
+D2_SOURCE ?= ../shared/third_party/detectron2-main-02b5c4e.tar.gz
 
-.PHONY: setup test demo
+.PHONY: setup test demo test-detectron2-source
 
 setup:
 ifeq ($(PY),$(VENV_PY))
@@ -20,3 +24,6 @@ test: setup
 
 demo: setup
 	$(PY) train_net.py --config-file configs/FCOS-Demo/fcos_R_18_demo.yaml --num-gpus 1
+
+test-detectron2-source:
+	bash scripts/test_with_detectron2_source.sh $(D2_SOURCE)

@@ -8,19 +8,15 @@ every 2 iterations), as a crash or a pre-empted job would end.
 import argparse
 import os
 import signal
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+from detectron2.engine import HookBase
+from detectron2.utils.env import seed_all_rng
 
-import fcos_d2  # noqa: E402,F401  (first: it makes a pure-Python Detectron2 importable)
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.data.datasets import load_coco_json  # noqa: E402
-from detectron2.engine import HookBase  # noqa: E402
-from detectron2.utils.env import seed_all_rng  # noqa: E402
-
-from conftest import tiny_cfg  # noqa: E402
-from fcos_d2.data import DEMO_CLASSES, ensure_demo_dataset  # noqa: E402
-from fcos_d2.engine import Trainer  # noqa: E402
+from conftest import tiny_cfg  # tests/ is sys.path[0] when this file runs as a script
+from fcos_d2.data import DEMO_CLASSES, ensure_demo_dataset
+from fcos_d2.engine import Trainer
 
 
 class KillAfter(HookBase):
