@@ -288,6 +288,13 @@ def test_cli_writes_graph_and_info(exported):
     assert info["input"]["channel_order"] == "BGR" and info["input"]["resize_test"] == [96, 160]
     assert info["outputs"] == ["boxes", "scores", "classes"]
     assert (root / "torchscript" / "model.ts").is_file()
+    onnx = pytest.importorskip("onnx")
+    graph = onnx.load(str(root / "onnx" / "model.onnx"))
+    onnx.checker.check_model(graph)
+    assert graph.opset_import[0].version == 17
+    image = graph.graph.input[0].type.tensor_type
+    assert image.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_param or d.dim_value for d in image.shape.dim] == ["height", "width", 3]
 
 
 def test_cli_no_resize_needs_end_to_end(tmp_path):
@@ -371,3 +378,79 @@ def test_torchscript_runs_without_fcos_d2_and_detectron2(exported, tmp_path):
     out = np.load(tmp_path / "out.npz")
     outputs = [out[f"arr_{i}"] for i in range(3)]
     assert_same_detections(outputs, eager_detections(model, image, RESIZE), min_count=10)
+
+
+# --------------------------------------------------------------------------- demo AP
+
+DEMO_CONFIG = os.path.join(REPO, "configs", "FCOS-Demo", "fcos_R_18_demo.yaml")
+
+
+def demo_weights():
+    """A trained demo model: $FCOS_D2_DEMO_WEIGHTS, else make demo's final checkpoint."""
+    default = os.path.join(REPO, "output", "fcos_R_18_demo", "model_final.pth")
+    path = os.environ.get("FCOS_D2_DEMO_WEIGHTS", default)
+    return path if os.path.isfile(path) else None
+
+
+def coco_ap(json_file, results):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = COCO(json_file)
+    evaluation = COCOeval(gt, gt.loadRes(results), "bbox")
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    return 100.0 * evaluation.stats[0]
+
+
+def coco_results(image_id, boxes, scores, classes):
+    """XYXY detections -> COCO results (XYWH, dataset category ids = class + 1)."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    return [
+        {"image_id": image_id, "category_id": int(c) + 1, "score": float(s),
+         "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}
+        for b, s, c in zip(boxes.tolist(), np.asarray(scores).tolist(), np.asarray(classes).tolist())
+    ]  # fmt: skip
+
+
+@pytest.mark.skipif(
+    demo_weights() is None,
+    reason="slow check: needs a trained demo model (make demo, or $FCOS_D2_DEMO_WEIGHTS)",
+)
+@pytest.mark.parametrize("test_size", [256, 320, 192])
+def test_runner_box_ap_equals_eager_on_demo_val(tmp_path, test_size):
+    """COCO box AP on fcos_demo_val of the runner's ONNX Runtime detections (images read
+    by OpenCV, resized in the graph) and of eager inference (images read by Detectron2,
+    resized by Pillow) -- at the demo's 256 test size (256x256 images: no resize) and
+    resizing up (320) and down (192)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("pycocotools")
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.data import DatasetCatalog, detection_utils
+
+    from fcos_d2.data.synthetic import ensure_demo_dataset
+
+    weights = demo_weights()
+    size = str(test_size)
+    cfg = fcos_d2.setup_cfg(DEMO_CONFIG, ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu",
+                                          "INPUT.MIN_SIZE_TEST", size, "INPUT.MAX_SIZE_TEST", size])  # fmt: skip
+    model = build_model(cfg).eval()
+    DetectionCheckpointer(model).load(weights)
+    resize = (test_size, test_size)
+    path = str(tmp_path / "model.onnx")
+    dicts = DatasetCatalog.get("fcos_demo_val")
+    sample = detection_utils.read_image(dicts[0]["file_name"], format=cfg.INPUT.FORMAT)
+    export_end_to_end(model, torch.from_numpy(np.ascontiguousarray(sample)), path, "onnx", resize)
+    runner = load_script("tools/deploy_onnx.py")
+    detector = runner.Detector(path, threads=1)
+    eager, deployed = [], []
+    for d in dicts:
+        image = detection_utils.read_image(d["file_name"], format=cfg.INPUT.FORMAT)
+        eager += coco_results(d["image_id"], *eager_detections(model, image, resize))
+        image = runner.read_image(d["file_name"], cfg.INPUT.FORMAT)
+        deployed += coco_results(d["image_id"], *detector(image))
+    json_file = ensure_demo_dataset(splits=("val",))["val"].json_file
+    ap_eager, ap_deployed = coco_ap(json_file, eager), coco_ap(json_file, deployed)
+    print(f"test size {test_size}: box AP eager {ap_eager:.2f}, ONNX Runtime runner {ap_deployed:.2f}")
+    assert abs(ap_deployed - ap_eager) <= 0.2
