@@ -95,15 +95,16 @@ def test_model_list_and_fcos_variants():
     # every model can be picked by --models: the Detectron2 configs and torchvision's FCOS
     assert set(configs) | {benchmark.TORCHVISION_FCOS} == set(benchmark.MODELS)
     speedups = {
-        name: (cfg.MODEL.FCOS.CHANNELS_LAST, cfg.MODEL.FCOS.FOLD_BN_AT_TEST)
+        name: (cfg.MODEL.FCOS.MEMORY_FORMAT, cfg.MODEL.FCOS.FOLD_BN_AT_TEST)
         for name, cfg in configs.items()
         if name.startswith("FCOS") and cfg.MODEL.META_ARCHITECTURE == "FCOS"
     }
     assert speedups == {
-        "FCOS": (True, True),
-        "FCOS (NCHW, BN not folded)": (False, False),
-        "FCOS (NHWC, BN not folded)": (True, False),
-        "FCOS (NCHW, BN folded)": (False, True),
+        "FCOS": ("auto", True),  # the default
+        "FCOS (NCHW, BN not folded)": ("nchw", False),
+        "FCOS (NHWC, BN not folded)": ("nhwc", False),
+        "FCOS (NCHW, BN folded)": ("nchw", True),
+        "FCOS (NHWC, BN folded)": ("nhwc", True),
     }
     for cfg in configs.values():  # same backbone for every detector
         assert cfg.MODEL.RESNETS.DEPTH == 50 and cfg.MODEL.WEIGHTS == ""

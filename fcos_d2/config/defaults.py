@@ -35,9 +35,11 @@ def add_fcos_config(cfg: CN) -> CN:
     fcos.USE_RELU = True  # ReLU on the scaled distances; False uses exp()
     fcos.CENTERNESS_ON_REG = True  # centerness on the box tower (False: cls tower)
     fcos.USE_DEFORMABLE = False  # deformable conv as the last conv of each tower
-    # NHWC memory format for the whole detector: faster convolutions on CPU (oneDNN)
-    # and on tensor-core GPUs; results equal up to float rounding.
-    fcos.CHANNELS_LAST = True
+    # Memory format of the detector per mode: "auto" (the faster of NCHW / NHWC in training
+    # and at inference on this machine; see fcos_d2/modeling/memory_format.py), "nchw" or
+    # "nhwc". Results equal up to float rounding.
+    fcos.MEMORY_FORMAT = "auto"
+    fcos.CHANNELS_LAST = None  # deprecated: True / False mean MEMORY_FORMAT "nhwc" / "nchw"
     # At inference (no autograd, not tracing), run a copy of the backbone whose
     # BatchNorms are folded into the convolutions before them; rebuilt when weights change.
     fcos.FOLD_BN_AT_TEST = True

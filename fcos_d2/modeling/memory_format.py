@@ -1,10 +1,116 @@
-"""Which memory format (NCHW or NHWC) the FCOS detector runs in, per mode."""
-from typing import Tuple
+"""Which memory format (NCHW or NHWC) the FCOS detector runs in, per mode.
 
-__all__ = ["channels_last_modes"]
+``MODEL.FCOS.MEMORY_FORMAT`` picks it:
+
+* ``"auto"`` (default): in each mode (training, inference) the format that was faster for
+  FCOS on this kind of machine, by the rule of :func:`nhwc_is_faster`, which
+  ``benchmarks/benchmark.py`` measured (figures in ``docs/benchmarks.md``);
+* ``"nchw"`` / ``"nhwc"``: that format in both modes.
+
+``MODEL.FCOS.CHANNELS_LAST`` is deprecated: unset (``None``) by default; ``True`` / ``False``
+still mean ``"nhwc"`` / ``"nchw"`` (with a warning), and contradicting an explicit
+``MEMORY_FORMAT`` is an error.
+
+Both formats compute the same function up to float rounding; only the speed differs.
+"""
+import functools
+import logging
+from typing import FrozenSet, Optional, Tuple
+
+__all__ = [
+    "MEMORY_FORMATS",
+    "auto_channels_last_modes",
+    "channels_last_modes",
+    "cpu_flags",
+    "memory_format_of",
+    "nhwc_is_faster",
+]
+
+logger = logging.getLogger(__name__)
+
+MEMORY_FORMATS = ("auto", "nchw", "nhwc")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags() -> FrozenSet[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (e.g. "avx2", "avx512f",
+    "amx_tile"); empty where there is no such file. Read once per process."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):  # x86, ARM
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def nhwc_is_faster(device: str, training: bool, flags: Optional[FrozenSet[str]] = None) -> bool:
+    """Whether FCOS runs faster in NHWC than in NCHW in this mode on ``device``.
+
+    * CUDA: NHWC in both modes (tensor-core convolutions take NHWC; cuDNN otherwise
+      transposes around each of them).
+    * CPU, inference: NHWC, where oneDNN's convolutions were faster on every CPU kind
+      measured (Intel Xeon with AMX; AMD EPYC with AVX-512, no AMX; and, together with
+      BatchNorm folding, AMD EPYC with AVX2).
+    * CPU, training: NHWC only with AMX (``amx_tile``). Without it the backward pass lost
+      in NHWC: a ResNet-50 FCOS training step took 19 % longer than in NCHW on an AVX2
+      EPYC and longer on an AVX-512 EPYC (docs/benchmarks.md); with AMX (Xeon) NHWC won.
+    * other devices: NCHW, PyTorch's default.
+
+    Args:
+        device: e.g. "cpu", "cuda", "cuda:1" (``cfg.MODEL.DEVICE``).
+        training: the mode.
+        flags: the CPU's flags (default: :func:`cpu_flags`).
+    """
+    if device.startswith("cuda"):
+        return True
+    if not device.startswith("cpu"):
+        return False
+    if not training:
+        return True
+    flags = cpu_flags() if flags is None else flags
+    return "amx_tile" in flags
+
+
+def auto_channels_last_modes(device: str) -> Tuple[bool, bool]:
+    """(NHWC in training, NHWC at inference) that ``"auto"`` picks on ``device``, e.g.
+    for a LazyConfig's ``channels_last=``."""
+    return nhwc_is_faster(device, training=True), nhwc_is_faster(device, training=False)
+
+
+def memory_format_of(cfg) -> str:
+    """``MODEL.FCOS.MEMORY_FORMAT`` checked, with the deprecated ``CHANNELS_LAST`` applied:
+    "auto", "nchw" or "nhwc"."""
+    fcos = cfg.MODEL.FCOS
+    fmt = fcos.MEMORY_FORMAT
+    if not isinstance(fmt, str) or fmt.lower() not in MEMORY_FORMATS:
+        raise ValueError(f"MODEL.FCOS.MEMORY_FORMAT must be one of {MEMORY_FORMATS}, got {fmt!r}")
+    fmt = fmt.lower()
+    legacy = fcos.get("CHANNELS_LAST", None)
+    if legacy is None:
+        return fmt
+    if not isinstance(legacy, bool):
+        raise ValueError(
+            f"MODEL.FCOS.CHANNELS_LAST (deprecated) must be True, False or None, got {legacy!r}"
+        )
+    implied = "nhwc" if legacy else "nchw"
+    if fmt not in ("auto", implied):
+        raise ValueError(
+            f"MODEL.FCOS.CHANNELS_LAST={legacy} (deprecated) contradicts "
+            f"MODEL.FCOS.MEMORY_FORMAT={fmt!r}: set MEMORY_FORMAT only"
+        )
+    logger.warning(
+        f"MODEL.FCOS.CHANNELS_LAST is deprecated: use MODEL.FCOS.MEMORY_FORMAT {implied!r} "
+        "(or 'auto': the faster format per mode on this machine)"
+    )
+    return implied
 
 
 def channels_last_modes(cfg) -> Tuple[bool, bool]:
     """(NHWC in training, NHWC at inference) for the config ``cfg``."""
-    channels_last = bool(cfg.MODEL.FCOS.CHANNELS_LAST)
-    return channels_last, channels_last
+    fmt = memory_format_of(cfg)
+    if fmt == "auto":
+        return auto_channels_last_modes(cfg.MODEL.DEVICE)
+    return fmt == "nhwc", fmt == "nhwc"
