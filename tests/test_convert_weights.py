@@ -471,6 +471,11 @@ def test_torchvision_every_tensor_is_placed(tv_state):
     assert hints["MODEL.RESNETS.STRIDE_IN_1X1"] is False and hints["INPUT.FORMAT"] == "RGB"
     assert hints["MODEL.FCOS.USE_SCALE"] is False and hints["MODEL.FCOS.NUM_CLASSES"] == 80
     assert hints["MODEL.PIXEL_STD"] == [58.395, 57.12, 57.375]
+    # the behaviour options, as the shipped config sets them
+    cfg = fcos_d2.setup_cfg(TV_CONFIG)
+    for key in ("LOCATION_OFFSET", "SPACING_FROM_INPUT", "INFERENCE_TH_TEST",
+                "THRESH_ON_FINAL_SCORE", "REMOVE_EMPTY_BOXES"):
+        assert hints[f"MODEL.FCOS.{key}"] == cfg.MODEL.FCOS[key], key
 
 
 def test_torchvision_classes_become_detectron2_coco_classes(tv_state):

@@ -195,10 +195,10 @@ _NOTES = {
         "torchvision normalises RGB input in [0, 1] with ImageNet's mean and std; on "
         "Detectron2's 0-255 pixels that is INPUT.FORMAT RGB, MODEL.PIXEL_MEAN [123.675, "
         "116.28, 103.53], MODEL.PIXEL_STD [58.395, 57.12, 57.375].",
-        "The remaining differences from fcos_d2's defaults (locations at k * stride, "
-        "spaced by input size // level size, thresholding the final score, keeping "
-        "empty boxes) are set in "
-        "configs/COCO-Detection/FCOS_R_50_torchvision.yaml: run the weights with it.",
+        "torchvision places its locations at k * (padded input size // level size), "
+        "thresholds the final score sqrt(cls * ctr) at 0.2 and keeps empty boxes (the "
+        "MODEL.FCOS hints above); configs/COCO-Detection/FCOS_R_50_torchvision.yaml "
+        "sets all of this: run the weights with it.",
     ],
     "adelaidet": [
         "AdelaiDet's defaults equal fcos_d2's (centerness on the box tower, ReLU "
@@ -216,6 +216,12 @@ _SOURCE_HINTS = {
         "INPUT.FORMAT": "RGB",
         "MODEL.PIXEL_MEAN": [123.675, 116.28, 103.53],  # 255 * (0.485, 0.456, 0.406)
         "MODEL.PIXEL_STD": [58.395, 57.12, 57.375],  # 255 * (0.229, 0.224, 0.225)
+        # torchvision's AnchorGenerator, FCOS.postprocess_detections
+        "MODEL.FCOS.LOCATION_OFFSET": 0.0,
+        "MODEL.FCOS.SPACING_FROM_INPUT": True,
+        "MODEL.FCOS.INFERENCE_TH_TEST": 0.2,
+        "MODEL.FCOS.THRESH_ON_FINAL_SCORE": True,
+        "MODEL.FCOS.REMOVE_EMPTY_BOXES": False,
     },
 }
 
