@@ -4,6 +4,7 @@ import itertools
 import logging
 import os
 import weakref
+from typing import Callable, Iterable
 
 import torch
 
@@ -27,7 +28,13 @@ from ..modeling.tta import with_tta
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "ResumableTrainingSampler", "build_evaluator", "create_ddp_model"]
+__all__ = [
+    "Trainer",
+    "ResumableTrainingSampler",
+    "StartIterLoader",
+    "build_evaluator",
+    "create_ddp_model",
+]
 
 
 def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
@@ -69,9 +76,31 @@ class ResumableTrainingSampler(TrainingSampler):
         yield from itertools.islice(super().__iter__(), self._skip, None)
 
 
+class StartIterLoader:
+    """The training batches of a run that starts at iteration ``start_iter()``.
+
+    DefaultTrainer builds its data loader before ``resume_or_load`` knows where the run
+    starts, and SimpleTrainer may call ``iter()`` on it right away.  This iterable decides
+    at the first batch: ``loader`` (built for iteration 0) for a fresh run, else
+    ``rebuild(start_iter)``, which skips what the iterations before consumed.
+    """
+
+    def __init__(self, loader, rebuild: Callable[[int], Iterable], start_iter: Callable[[], int]):
+        self.loader = loader
+        self.rebuild = rebuild
+        self.start_iter = start_iter
+
+    def __iter__(self):
+        # A generator: its body (the choice) runs at the first next(), not at iter().
+        start = self.start_iter()
+        yield from (self.loader if start == 0 else self.rebuild(start))
+
+
 class Trainer(DefaultTrainer):
     """DefaultTrainer (checkpoints, ETA and metrics logging, periodic evaluation) with
-    :class:`FCOSDatasetMapper` and an evaluator picked by the dataset's evaluator_type."""
+    :class:`FCOSDatasetMapper`, an evaluator picked by the dataset's evaluator_type, CPU
+    models in DistributedDataParallel, and a resumed run (``resume_or_load``) that
+    continues the training data stream where the checkpointed run left it."""
 
     def __init__(self, cfg):
         """DefaultTrainer's construction, with :func:`create_ddp_model` (CPU models too)."""
@@ -83,7 +112,11 @@ class Trainer(DefaultTrainer):
         # The order of DefaultTrainer: model, optimizer, data loader.
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
+        data_loader = StartIterLoader(
+            self.build_train_loader(cfg),  # checks the dataset's classes now
+            rebuild=lambda start_iter: self.build_train_loader(self.cfg, start_iter),
+            start_iter=lambda: self.start_iter,
+        )
         model = create_ddp_model(model, broadcast_buffers=False)
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
             model, data_loader, optimizer
@@ -94,13 +127,6 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
-
-    def resume_or_load(self, resume: bool = True):
-        """Load the last checkpoint (or MODEL.WEIGHTS); a resumed run also continues the
-        training data stream where the checkpointed run left it."""
-        super().resume_or_load(resume=resume)
-        if self.start_iter > 0:
-            self._replace_data_loader(self.build_train_loader(self.cfg, self.start_iter))
 
     # Detectron2 0.6's DefaultTrainer checkpoints only the iteration and the hooks (LR
     # scheduler), not the optimizer state of its inner trainer; newer versions do what
@@ -114,14 +140,6 @@ class Trainer(DefaultTrainer):
         super().load_state_dict(state_dict)
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
-
-    def _replace_data_loader(self, data_loader):
-        trainer = self._trainer
-        trainer.data_loader = data_loader
-        if hasattr(trainer, "_data_loader_iter_obj"):  # Detectron2 > 0.6: created lazily
-            trainer._data_loader_iter_obj = None
-        else:
-            trainer._data_loader_iter = iter(data_loader)
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0):
