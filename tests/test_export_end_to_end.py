@@ -213,6 +213,33 @@ def test_scores_sorted_and_bounded(tmp_path):
     assert np.all(np.diff(scores) <= 0) and classes.min() >= 0 and classes.max() < 3
 
 
+@pytest.mark.parametrize(
+    "option, value",
+    [("THRESH_ON_FINAL_SCORE", True), ("REMOVE_EMPTY_BOXES", False), ("LOCATION_OFFSET", 0.0)],
+)
+def test_torchvision_options_are_exported(option, value, tmp_path):
+    """The post-processing and location options of the torchvision config reach the graph."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    setattr(cfg.MODEL.FCOS, option, value)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for conv in (model.head.cls_logits, model.head.bbox_pred, model.head.ctrness):
+            conv.weight.normal_(std=0.05)
+        model.head.cls_logits.bias.fill_(-1.0)
+    run = export_and_load(model, "onnx", RESIZE, tmp_path / "model.onnx")
+    for seed, size in enumerate([(200, 300), (61, 77)]):
+        image = random_image(*size, seed=seed + 40)
+        assert_same_detections(run(image), eager_detections(model, image, RESIZE), min_count=20)
+
+
+def test_spacing_from_input_is_refused():
+    cfg = tiny_cfg()
+    cfg.MODEL.FCOS.SPACING_FROM_INPUT = True
+    with pytest.raises(ValueError, match="SPACING_FROM_INPUT"):
+        FCOSEndToEnd(build_model(cfg).eval(), RESIZE)
+
+
 def test_two_stage_models_are_rejected():
     model = build_model(tiny_cfg(two_stage=True)).eval()
     with pytest.raises(TypeError, match="FCOS-RPN two-stage"):

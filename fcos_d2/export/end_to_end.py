@@ -13,7 +13,8 @@
   (:meth:`FCOSPostProcessor.detect_image`: per-level threshold and top-k, decoding,
   clipping, class-aware NMS, post-NMS top-k) -- the code eager inference runs;
 * boxes scaled back to the input image and clipped as Detectron2's
-  ``detector_postprocess`` does;
+  ``detector_postprocess`` does (empty ones dropped unless ``MODEL.FCOS.REMOVE_EMPTY_BOXES``
+  is off, as in eager inference);
 * outputs ``boxes`` (D, 4) float32 XYXY, ``scores`` (D,) float32 (best first),
   ``classes`` (D,) int64.
 """
@@ -81,15 +82,17 @@ class FCOSEndToEnd(nn.Module):
         x = pad_to_multiple(x, self.model.backbone.size_divisibility)[None]  # (1, 3, H, W)
         if self.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        predictions = self.model.predict(self.model.backbone(x))
+        padded = shape_as_tensor(x)[2:]  # (2,) H, W
+        predictions = self.model.predict(self.model.backbone(x), (padded[0], padded[1]))
         boxes, scores, classes = self.model.postprocessor.detect_image(
             predictions, 0, (input_size[0], input_size[1])
         )
         if self.resize is not None:
             boxes = rescale_boxes(boxes, input_size, original)
-            widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-            keep = (widths > 0) & (heights > 0)  # detector_postprocess's nonempty()
-            boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+            if getattr(self.model, "remove_empty_boxes", True):  # as postprocess_to_original
+                widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+                keep = (widths > 0) & (heights > 0)  # detector_postprocess's nonempty()
+                boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
         return boxes, scores, classes
 
 
@@ -102,6 +105,14 @@ def check_end_to_end(model: nn.Module) -> None:
             f"the end-to-end export covers the one-stage fcos_d2 FCOS "
             f"(MODEL.META_ARCHITECTURE: FCOS); {type(model).__name__} has no {missing} "
             "(FCOS-RPN two-stage models: export the raw graph instead)"
+        )
+    if getattr(model, "spacing_from_input", False):
+        # Not traceable today: pipeline.level_locations computes the spacing with Python
+        # ints (int(input_size[0]) // int(f.shape[-2])), so a traced graph would keep the
+        # sample's spacing for every input size (tested: wrong boxes on other sizes).
+        raise ValueError(
+            "MODEL.FCOS.SPACING_FROM_INPUT: True cannot be exported yet -- the locations' "
+            "spacing is computed with Python integers and would be fixed at the traced size"
         )
     if model.pixel_mean.numel() != 3:
         raise ValueError(
