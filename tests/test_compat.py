@@ -89,6 +89,54 @@ def test_patch_lists_the_reviewed_files(installer):
     ]
 
 
+def _fake_detectron2(root, c_module=None, dist=False):
+    """A stand-in ``detectron2`` package under ``root`` (nothing in it is executed but
+    its empty ``__init__``); ``c_module``: the file name and text of its ``_C``."""
+    pkg = root / "detectron2"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    if c_module is not None:
+        name, text = c_module
+        (pkg / name).write_text(text)
+    if dist:
+        info = root / "pb1_detectron2-0.6.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pb1-detectron2\nVersion: 0.6\n")
+    return str(root)
+
+
+@pytest.mark.parametrize(
+    "c_module,dist,state",
+    [
+        (("_C.cpython-311-x86_64-linux-gnu.so", ""), False, "compiled"),
+        (("_C.py", 'FCOS_D2_PATCH = "{current}"\n'), True, "current"),
+        (("_C.py", 'FCOS_D2_PATCH = "detectron2-0.6-pure-python/0"\n'), True, "outdated"),
+        (None, True, "outdated"),  # an install of this script before the patch existed
+        (None, False, "foreign"),  # somebody else's Detectron2 without _C: not replaced
+    ],
+    ids=["compiled", "current", "older-patch", "unpatched", "foreign"],
+)
+def test_installer_tells_what_is_installed(installer, tmp_path, monkeypatch, c_module, dist, state):
+    with open(installer.C_MODULE) as f:
+        current = installer.patch_revision(f.read())
+    if c_module is not None:
+        c_module = (c_module[0], c_module[1].format(current=current))
+    monkeypatch.setenv("PYTHONPATH", _fake_detectron2(tmp_path, c_module, dist))
+    assert installer.installed_state()[0] == state
+
+
+def test_import_fcos_d2_names_the_fix_for_a_detectron2_without_c(tmp_path):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=_fake_detectron2(tmp_path, None, True))
+    res = subprocess.run([sys.executable, "-c", "import fcos_d2"], capture_output=True,
+                         text=True, env=env, cwd=str(tmp_path), timeout=300)  # fmt: skip
+    assert res.returncode == 1
+    assert "has no detectron2._C module" in res.stderr
+    assert "tools/install_detectron2.py --force" in res.stderr
+
+
 @pure_python_only
 def test_installed_detectron2_has_the_current_patch(installer):
     state, info = installer.installed_state()

@@ -71,8 +71,10 @@ if spec is not None:
     out["detectron2"] = spec.origin
     c = importlib.util.find_spec("detectron2._C")
     out["c_origin"] = c.origin if c is not None else None
-    try:
-        out["dist"] = importlib.metadata.version("%s")
+    try:  # the pb1-detectron2 distribution, if it is the one that holds this detectron2
+        dist = importlib.metadata.distribution("%s")
+        if str(dist.locate_file("detectron2/__init__.py")) == spec.origin:
+            out["dist"] = dist.version
     except importlib.metadata.PackageNotFoundError:
         pass
 print(json.dumps(out))
