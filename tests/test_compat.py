@@ -258,6 +258,29 @@ def test_collect_env_works_with_the_pure_python_c_module():
     assert "pure-Python Detectron2 installed by fcos_d2" in collect_env_info()
 
 
+def test_no_removed_numpy_alias_or_pillow_constant_in_detectron2_sources():
+    """Every use of np.bool/np.int/np.float/np.str/... (gone in numpy 1.24) and of
+    Image.LINEAR (gone in Pillow 10) is patched, not only those the tests below run."""
+    import re
+
+    import detectron2
+
+    pattern = re.compile(
+        r"\bnp\.(bool|int|float|complex|object|str|long|unicode)\b(?![_0-9(])|\bImage\.LINEAR\b"
+    )
+    root = os.path.dirname(detectron2.__file__)
+    hits = []
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                with open(path, encoding="utf-8") as f:
+                    for number, line in enumerate(f, 1):
+                        if pattern.search(line):
+                            hits.append(f"{os.path.relpath(path, root)}:{number}: {line.strip()}")
+    assert hits == []
+
+
 def test_class_histogram_counts_classes():
     # Detectron2 v0.6 used np.int here (removed in numpy 1.24)
     from detectron2.data.build import print_instances_class_histogram
