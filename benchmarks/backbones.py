@@ -22,16 +22,14 @@ from typing import Dict, List
 
 import torch
 
+import fcos_d2  # registers modules and the demo datasets
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.evaluation import inference_on_dataset
+
+from fcos_d2.engine import Trainer
+from fcos_d2.modeling.memory_format import cpu_description
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import fcos_d2  # noqa: E402,F401  (registers modules and the demo datasets)
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.evaluation import inference_on_dataset  # noqa: E402
-
-from fcos_d2 import add_fcos_config  # noqa: E402
-from fcos_d2.engine import Trainer  # noqa: E402
 
 DEMO_ORDER = ("R_18", "R_34", "R_50", "R_101", "RegNetX_400MF", "DarkNet19", "MobileNetV2")
 
@@ -56,9 +54,7 @@ def config_name(path: str) -> str:
 
 
 def load_cfg(path: str, output_dir: str):
-    cfg = get_cfg()
-    add_fcos_config(cfg)
-    cfg.merge_from_file(path)
+    cfg = fcos_d2.setup_cfg(path, freeze=False)
     cfg.OUTPUT_DIR = output_dir
     cfg.MODEL.WEIGHTS = os.path.join(output_dir, "model_final.pth")
     cfg.MODEL.DEVICE = "cpu"
@@ -143,7 +139,9 @@ def main(argv: List[str] = None) -> Dict[str, Dict[str, float]]:
             train(path, output_dir)
         rows[name] = measure(path, output_dir, args)
         log(f"  {name}: " + ", ".join(f"{k}={v:.2f}" for k, v in rows[name].items()))
-    print(f"CPU, {torch.get_num_threads()} threads; torch {torch.__version__}")
+    print(
+        f"CPU {cpu_description()}; {torch.get_num_threads()} threads; torch {torch.__version__}"
+    )
     print(format_table(rows))
     return rows
 

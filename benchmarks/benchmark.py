@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import dataclasses
 import os
-import platform
 import statistics
 import sys
 import time
@@ -49,6 +48,7 @@ from detectron2.utils.events import EventStorage
 from fvcore.nn import FlopCountAnalysis
 
 from fcos_d2.modeling.inference import FCOSPostProcessor
+from fcos_d2.modeling.memory_format import cpu_description
 from fcos_d2.modeling.pipeline import FCOSPipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -356,42 +356,14 @@ def training_step_flops(run) -> float:
     return counter.get_total_flops() / 2
 
 
-def cpu_info() -> Dict[str, object]:
-    """The CPU's model name and flags, from /proc/cpuinfo (Linux; empty elsewhere)."""
-    info = {"model": platform.processor() or platform.machine(), "flags": set()}
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    info["model"] = value.strip()
-                elif key.strip() == "flags":
-                    info["flags"] = set(value.split())
-                    break
-    return info
-
-
-def vector_extensions(flags) -> str:
-    """The x86 vector extensions that matter for PyTorch's CPU kernels, e.g.
-    "AVX2, AVX-512 (bf16), no AMX"."""
-    found = []
-    if "avx2" in flags:
-        found.append("AVX2")
-    if "avx512f" in flags:
-        found.append("AVX-512" + (" (bf16)" if "avx512_bf16" in flags else ""))
-    found.append("AMX" if {"amx_tile", "amx_bf16"} & set(flags) else "no AMX")
-    return ", ".join(found)
-
-
 def machine_description(device: str, amp: bool) -> str:
     """One line naming what the timings were measured on."""
     versions = f"torch {torch.__version__}, torchvision {torchvision.__version__}"
     if device.startswith("cuda"):
         where = f"{torch.cuda.get_device_name()}"
     else:
-        cpu = cpu_info()
         where = (
-            f"CPU {cpu['model']}; {vector_extensions(cpu['flags'])}; PyTorch CPU capability "
+            f"CPU {cpu_description()}; PyTorch CPU capability "
             f"{torch.backends.cpu.get_cpu_capability()}; {torch.get_num_threads()} threads"
         )
     return f"device: {where}; amp: {amp}; {versions}"

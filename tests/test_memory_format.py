@@ -106,3 +106,10 @@ def test_model_switches_format_between_modes(cpu_kind):
     cpu_kind(XEON_AMX)
     model = build_model(_cfg()).train()
     assert _conv_weights_nhwc(model)
+
+
+def test_vector_extensions_of_the_kinds():
+    assert memory_format.vector_extensions(EPYC_AVX2) == "AVX2, no AMX"
+    assert memory_format.vector_extensions(EPYC_AVX512) == "AVX2, AVX-512 (bf16), no AMX"
+    assert memory_format.vector_extensions(XEON_AMX) == "AVX2, AVX-512 (bf16), AMX"
+    assert memory_format.vector_extensions(frozenset()) == "no AMX"

@@ -15,15 +15,18 @@ Both formats compute the same function up to float rounding; only the speed diff
 """
 import functools
 import logging
+import platform
 from typing import FrozenSet, Optional, Tuple
 
 __all__ = [
     "MEMORY_FORMATS",
     "auto_channels_last_modes",
     "channels_last_modes",
+    "cpu_description",
     "cpu_flags",
     "memory_format_of",
     "nhwc_is_faster",
+    "vector_extensions",
 ]
 
 logger = logging.getLogger(__name__)
@@ -32,18 +35,47 @@ MEMORY_FORMATS = ("auto", "nchw", "nhwc")
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_flags() -> FrozenSet[str]:
-    """The CPU's feature flags from ``/proc/cpuinfo`` (e.g. "avx2", "avx512f",
-    "amx_tile"); empty where there is no such file. Read once per process."""
+def _cpuinfo() -> Tuple[str, FrozenSet[str]]:
+    """(model name, flags) of the first CPU in ``/proc/cpuinfo``; ("", {}) without it."""
+    model, flags = "", frozenset()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):  # x86, ARM
-                    return frozenset(value.split())
+                key = key.strip()
+                if key == "model name" and not model:
+                    model = value.strip()
+                elif key in ("flags", "Features"):  # x86, ARM
+                    flags = frozenset(value.split())
+                    break
     except OSError:
         pass
-    return frozenset()
+    return model, flags
+
+
+def cpu_flags() -> FrozenSet[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (e.g. "avx2", "avx512f",
+    "amx_tile"); empty where there is no such file. Read once per process."""
+    return _cpuinfo()[1]
+
+
+def vector_extensions(flags: FrozenSet[str]) -> str:
+    """The x86 vector extensions that decide PyTorch's CPU speed and the rule below, e.g.
+    "AVX2, AVX-512 (bf16), no AMX"."""
+    found = []
+    if "avx2" in flags:
+        found.append("AVX2")
+    if "avx512f" in flags:
+        found.append("AVX-512" + (" (bf16)" if "avx512_bf16" in flags else ""))
+    found.append("AMX" if "amx_tile" in flags else "no AMX")
+    return ", ".join(found)
+
+
+def cpu_description() -> str:
+    """The CPU's model and vector extensions, e.g. "AMD EPYC; AVX2, AVX-512 (bf16), no
+    AMX", for tables of timings."""
+    model = _cpuinfo()[0] or platform.processor() or platform.machine()
+    return f"{model}; {vector_extensions(cpu_flags())}"
 
 
 def nhwc_is_faster(device: str, training: bool, flags: Optional[FrozenSet[str]] = None) -> bool:
