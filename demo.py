@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import tqdm
 
-import fcos_d2  # Detectron2 compatibility layer, registries, setup_cfg
+import fcos_d2  # registers FCOS in Detectron2; setup_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.structures import Instances

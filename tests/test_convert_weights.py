@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-import fcos_d2  # noqa: F401  (first: Detectron2 compatibility layer)
+import fcos_d2  # noqa: F401  (registers FCOS in Detectron2)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-import fcos_d2  # noqa: F401  (first: Detectron2 compatibility layer)
+import fcos_d2  # noqa: F401  (registers FCOS in Detectron2)
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from pycocotools.coco import COCO

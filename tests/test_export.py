@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-import fcos_d2  # noqa: F401  (first: Detectron2 compatibility layer)
+import fcos_d2  # noqa: F401  (registers FCOS in Detectron2)
 from detectron2.modeling import build_model
 
 from conftest import load_script, tiny_cfg

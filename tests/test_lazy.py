@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-import fcos_d2  # noqa: F401  (first: Detectron2 compatibility layer)
+import fcos_d2  # noqa: F401  (registers FCOS in Detectron2)
 
 from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.modeling import build_model

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-import fcos_d2  # noqa: F401  (first: Detectron2 compatibility layer)
+import fcos_d2  # noqa: F401  (registers FCOS in Detectron2)
 from detectron2.layers import batched_nms
 from detectron2.modeling import GeneralizedRCNNWithTTA, build_model
 

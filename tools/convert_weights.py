@@ -21,7 +21,7 @@ import argparse
 import os
 import sys
 
-import fcos_d2  # Detectron2 compatibility layer, registries, setup_cfg
+import fcos_d2  # registers FCOS in Detectron2; setup_cfg
 from fcos_d2.checkpoint import (
     SOURCES,
     ConversionError,

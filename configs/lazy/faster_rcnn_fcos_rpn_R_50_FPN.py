@@ -6,7 +6,7 @@ budget) -- the LazyConfig twin of ``configs/FCOS-RPN/faster_rcnn_R_50_FPN_1x.yam
 One FPN gives P2-P7: the FCOS proposal head reads P3-P7, the ROI heads pool from P2-P5.
 Data, optimizer, schedule and ``train`` are those of ``fcos_R_50_FPN.py``.
 """
-import fcos_d2  # noqa: F401  (first: Detectron2 compatibility layer, registries)
+import fcos_d2  # noqa: F401  (registers FCOS in Detectron2)
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.box_regression import Box2BoxTransform

@@ -13,7 +13,7 @@ It equals ``configs/COCO-Detection/FCOS_R_50_1x.yaml`` (with the ``MODEL.FCOS`` 
 For a ResNet-18/34 bottom-up set ``model.backbone.bottom_up.stages.depth`` and delete
 ``model.backbone.bottom_up.stages.stride_in_1x1`` (basic blocks have no 1x1 conv).
 """
-import fcos_d2  # noqa: F401  (first: Detectron2 compatibility layer, registries)
+import fcos_d2  # noqa: F401  (registers FCOS in Detectron2)
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.model_zoo import get_config
