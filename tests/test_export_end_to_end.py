@@ -122,7 +122,8 @@ def test_resized_size_is_detectron2s_on_random_sizes():
         short = int(rng.integers(1, 1500))
         longest = int(rng.integers(short, 3000))
         new_h, new_w = resized_size(torch.tensor([h]), torch.tensor([w]), short, longest)
-        assert (int(new_h), int(new_w)) == T.ResizeShortestEdge.get_output_shape(h, w, short, longest)
+        expected = T.ResizeShortestEdge.get_output_shape(h, w, short, longest)
+        assert (int(new_h), int(new_w)) == expected
 
 
 # (input size, output size): up, down (by up to 3.3x), one axis, unchanged, odd ratios
@@ -137,7 +138,8 @@ def test_resize_equals_pillow(size, new_size):
     the graph's resize gives the same pixels, exactly."""
     image = random_image(*size, seed=sum(size))
     expected = T.ResizeTransform(*size, *new_size, Image.BILINEAR).apply_image(image)
-    out = resize_bilinear(torch.from_numpy(image), torch.tensor([new_size[0]]), torch.tensor([new_size[1]]))
+    new_h, new_w = torch.tensor([new_size[0]]), torch.tensor([new_size[1]])
+    out = resize_bilinear(torch.from_numpy(image), new_h, new_w)
     assert out.shape == expected.shape
     assert torch.equal(out, torch.from_numpy(expected).double())
 
@@ -327,8 +329,9 @@ def test_cli_writes_graph_and_info(exported):
 def test_cli_no_resize_needs_end_to_end(tmp_path):
     with pytest.raises(SystemExit):
         load_script("tools/export_model.py").main(
-            ["--config-file", "x.yaml", "--format", "onnx", "--no-resize", "--output", str(tmp_path)]
-        )
+            ["--config-file", "x.yaml", "--format", "onnx", "--no-resize",
+             "--output", str(tmp_path)]
+        )  # fmt: skip
 
 
 def test_runner_without_torch_gives_eager_detections(exported, tmp_path):
@@ -362,7 +365,9 @@ def test_runner_without_torch_gives_eager_detections(exported, tmp_path):
         assert len(dets) == int(keep.sum()) > 0
         assert [d["class"] for d in dets] == classes[keep].tolist()
         assert [d["class_name"] for d in dets] == [DEMO_CLASSES[c] for c in classes[keep]]
-        np.testing.assert_allclose([d["score"] for d in dets], scores[keep].numpy(), atol=SCORE_ATOL)
+        np.testing.assert_allclose(
+            [d["score"] for d in dets], scores[keep].numpy(), atol=SCORE_ATOL
+        )
         np.testing.assert_allclose([d["box"] for d in dets], boxes[keep].numpy(), atol=BOX_ATOL)
         drawn = cv2.imread(str(tmp_path / "drawn" / entry["file"]))
         assert drawn.shape == image.shape and not np.array_equal(drawn, image)
@@ -399,8 +404,10 @@ def test_torchscript_runs_without_fcos_d2_and_detectron2(exported, tmp_path):
     np.save(tmp_path / "image.npy", image)
     script = tmp_path / "run_ts.py"
     script.write_text(TORCHSCRIPT_RUN)
-    proc = run_blocked(tmp_path, ["detectron2", "fcos_d2"], script,
-                       root / "torchscript" / "model.ts", tmp_path / "image.npy", tmp_path / "out.npz")  # fmt: skip
+    proc = run_blocked(
+        tmp_path, ["detectron2", "fcos_d2"], script,
+        root / "torchscript" / "model.ts", tmp_path / "image.npy", tmp_path / "out.npz",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = np.load(tmp_path / "out.npz")
     outputs = [out[f"arr_{i}"] for i in range(3)]
@@ -437,7 +444,8 @@ def coco_results(image_id, boxes, scores, classes):
     return [
         {"image_id": image_id, "category_id": int(c) + 1, "score": float(s),
          "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}
-        for b, s, c in zip(boxes.tolist(), np.asarray(scores).tolist(), np.asarray(classes).tolist())
+        for b, s, c in zip(boxes.tolist(), np.asarray(scores).tolist(),
+                           np.asarray(classes).tolist())
     ]  # fmt: skip
 
 
@@ -460,8 +468,10 @@ def test_runner_box_ap_equals_eager_on_demo_val(tmp_path, test_size):
 
     weights = demo_weights()
     size = str(test_size)
-    cfg = fcos_d2.setup_cfg(DEMO_CONFIG, ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu",
-                                          "INPUT.MIN_SIZE_TEST", size, "INPUT.MAX_SIZE_TEST", size])  # fmt: skip
+    cfg = fcos_d2.setup_cfg(DEMO_CONFIG, [
+        "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu",
+        "INPUT.MIN_SIZE_TEST", size, "INPUT.MAX_SIZE_TEST", size,
+    ])  # fmt: skip
     model = build_model(cfg).eval()
     DetectionCheckpointer(model).load(weights)
     resize = (test_size, test_size)
@@ -479,5 +489,6 @@ def test_runner_box_ap_equals_eager_on_demo_val(tmp_path, test_size):
         deployed += coco_results(d["image_id"], *detector(image))
     json_file = ensure_demo_dataset(splits=("val",))["val"].json_file
     ap_eager, ap_deployed = coco_ap(json_file, eager), coco_ap(json_file, deployed)
-    print(f"test size {test_size}: box AP eager {ap_eager:.2f}, ONNX Runtime runner {ap_deployed:.2f}")
+    print(f"test size {test_size}: box AP eager {ap_eager:.3f}, "
+          f"ONNX Runtime runner {ap_deployed:.3f}")
     assert abs(ap_deployed - ap_eager) <= 0.2

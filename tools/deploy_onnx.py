@@ -139,7 +139,8 @@ def main(argv=None):
         detections = detections_json(boxes, scores, classes, args.confidence_threshold, class_names)
         name = os.path.basename(path)
         images.append(
-            {"file": name, "height": image.shape[0], "width": image.shape[1], "detections": detections}
+            {"file": name, "height": image.shape[0], "width": image.shape[1],
+             "detections": detections}
         )
         if args.draw:
             bgr = image[:, :, ::-1] if channel_order == "RGB" else image
