@@ -242,6 +242,24 @@ def test_spacing_from_input_is_refused():
         FCOSEndToEnd(build_model(cfg).eval(), RESIZE)
 
 
+def test_graph_calls_the_models_detection_path(monkeypatch, tmp_path):
+    """The graph's post-processing is the model's FCOSPostProcessor.detect_image (the one
+    detection path), not a copy: tracing records the calls it makes."""
+    from fcos_d2.modeling.inference import FCOSPostProcessor
+
+    calls = []
+    original = FCOSPostProcessor.detect_image
+
+    def counting(self, predictions, n, image_size):
+        calls.append(torch.jit.is_tracing())
+        return original(self, predictions, n, image_size)
+
+    monkeypatch.setattr(FCOSPostProcessor, "detect_image", counting)
+    sample = torch.from_numpy(random_image(96, 128, seed=0))
+    export_end_to_end(crafted_model("sparse"), sample, str(tmp_path / "m.ts"), "torchscript", RESIZE)
+    assert calls == [True]
+
+
 def test_two_stage_models_are_rejected():
     model = build_model(tiny_cfg(two_stage=True)).eval()
     with pytest.raises(TypeError, match="FCOS-RPN two-stage"):
