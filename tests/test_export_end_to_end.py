@@ -256,7 +256,8 @@ def test_graph_calls_the_models_detection_path(monkeypatch, tmp_path):
 
     monkeypatch.setattr(FCOSPostProcessor, "detect_image", counting)
     sample = torch.from_numpy(random_image(96, 128, seed=0))
-    export_end_to_end(crafted_model("sparse"), sample, str(tmp_path / "m.ts"), "torchscript", RESIZE)
+    model = crafted_model("sparse")
+    export_end_to_end(model, sample, str(tmp_path / "m.ts"), "torchscript", RESIZE)
     assert calls == [True]
 
 
