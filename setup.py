@@ -6,7 +6,8 @@ already be installed -- built from source, from a conda package, or the pure-Pyt
 that ``make setup`` installs (``tools/install_detectron2.py``).  The ranges below include the
 versions pinned in requirements.txt (what the tests run with).
 
-Extras: ``[export]`` (ONNX export and ONNX Runtime checks), ``[test]`` (the test suite).
+Extras: ``[export]`` (ONNX export, ONNX Runtime, and OpenCV for ``tools/deploy_onnx.py``),
+``[test]`` (the test suite).
 """
 from setuptools import find_packages, setup
 
@@ -25,7 +26,7 @@ setup(
         "pycocotools>=2.0.2",
     ],
     extras_require={
-        "export": ["onnx>=1.14", "onnxruntime>=1.15"],
+        "export": ["onnx>=1.14", "onnxruntime>=1.15", "opencv-python-headless>=4.5"],
         "test": ["pytest>=7", "onnx>=1.14", "onnxruntime>=1.15"],
     },
 )
