@@ -61,13 +61,14 @@ def load_cfg(path: str, output_dir: str):
     return cfg
 
 
-def train(path: str, output_dir: str) -> None:
-    """Train one demo model with train_net.py (its log goes to the output folder)."""
+def train(path: str, output_dir: str, opts: List[str] = ()) -> None:
+    """Train one demo model with train_net.py, config ``opts`` last (its log goes to the
+    output folder)."""
     log_path = os.path.join(output_dir, "train_stdout.log")
     os.makedirs(output_dir, exist_ok=True)
     command = [
         sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", path,
-        "OUTPUT_DIR", output_dir, "TEST.EVAL_PERIOD", "0",
+        "OUTPUT_DIR", output_dir, "TEST.EVAL_PERIOD", "0", *opts,
     ]
     log(f"  training: {' '.join(command)}  (log: {log_path})")
     with open(log_path, "w") as out:
@@ -125,6 +126,12 @@ def main(argv: List[str] = None) -> Dict[str, Dict[str, float]]:
     parser.add_argument("--configs", nargs="+", default=None, help="default: every demo config")
     parser.add_argument("--output-root", default=os.path.join(ROOT, "output", "backbones"))
     parser.add_argument("--train", action="store_true", help="train models not trained yet")
+    parser.add_argument(
+        "--train-opts", nargs="+", default=[], metavar="KEY VALUE",
+        help="config overrides for the trainings, e.g. the earlier 400-iteration 256-px "
+        "schedule: INPUT.MIN_SIZE_TRAIN '(256,)' INPUT.MAX_SIZE_TRAIN 256 "
+        "SOLVER.MAX_ITER 400 SOLVER.STEPS '(300,370)'",
+    )
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args(argv)
@@ -136,7 +143,7 @@ def main(argv: List[str] = None) -> Dict[str, Dict[str, float]]:
         output_dir = os.path.join(args.output_root, name)
         log(f"[{i}/{len(paths)}] {name}")
         if args.train and not os.path.isfile(os.path.join(output_dir, "model_final.pth")):
-            train(path, output_dir)
+            train(path, output_dir, args.train_opts)
         rows[name] = measure(path, output_dir, args)
         log(f"  {name}: " + ", ".join(f"{k}={v:.2f}" for k, v in rows[name].items()))
     print(

@@ -86,9 +86,10 @@ def nhwc_is_faster(device: str, training: bool, flags: Optional[FrozenSet[str]] 
     * CPU, inference: NHWC, where oneDNN's convolutions were faster on every CPU kind
       measured (Intel Xeon with AMX; AMD EPYC with AVX-512, no AMX; and, together with
       BatchNorm folding, AMD EPYC with AVX2).
-    * CPU, training: NHWC only with AMX (``amx_tile``). Without it the backward pass lost
-      in NHWC: a ResNet-50 FCOS training step took 19 % longer than in NCHW on an AVX2
-      EPYC and longer on an AVX-512 EPYC (docs/benchmarks.md); with AMX (Xeon) NHWC won.
+    * CPU, training: NHWC only with AVX-512 (``avx512f``). On an AVX2-only CPU the
+      backward pass lost in NHWC: a ResNet-50 FCOS training step took 1.19x as long as in
+      NCHW on an AVX2 AMD EPYC (issue 15); with AVX-512 NHWC won, 0.95x on an AVX-512
+      AMD EPYC and 0.89x on an Intel Xeon (with AMX) (docs/benchmarks.md).
     * other devices: NCHW, PyTorch's default.
 
     Args:
@@ -103,7 +104,7 @@ def nhwc_is_faster(device: str, training: bool, flags: Optional[FrozenSet[str]] 
     if not training:
         return True
     flags = cpu_flags() if flags is None else flags
-    return "amx_tile" in flags
+    return "avx512f" in flags
 
 
 def auto_channels_last_modes(device: str) -> Tuple[bool, bool]:
