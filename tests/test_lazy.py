@@ -135,3 +135,16 @@ def test_lazy_dataloader_mapper_keeps_crowd_for_fcos_only(tmp_path):
         instances = mapper(record)["instances"]
         assert len(instances) == (2 if keep else 1)
         assert instances.has("gt_is_crowd") == keep
+
+
+def test_lazy_fcos_memory_format_follows_the_auto_rule_on_train_device(monkeypatch):
+    """channels_last comes from MEMORY_FORMAT "auto"'s rule for ``train.device``."""
+    from fcos_d2.modeling import memory_format
+
+    monkeypatch.setattr(memory_format, "cpu_flags", lambda: frozenset({"avx2"}))  # no AVX-512
+    cfg = LazyConfig.load(ONE_STAGE)
+    cfg.train.device = "cpu"
+    assert instantiate(cfg.model).channels_last_modes == (False, True)  # NCHW training
+    cfg.train.device = "cuda"
+    assert instantiate(cfg.model).channels_last_modes == (True, True)
+

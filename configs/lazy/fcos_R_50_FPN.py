@@ -21,6 +21,7 @@ from detectron2.modeling.backbone import FPN, BasicStem, ResNet
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 
 from fcos_d2.data.mapper import FCOSDatasetMapper
+from fcos_d2.modeling.memory_format import auto_channels_last_modes
 from fcos_d2.modeling import (
     FCOS,
     FCOSHead,
@@ -86,7 +87,8 @@ model = L(FCOS)(
     ),
     pixel_mean=[103.530, 116.280, 123.675],  # BGR, Caffe-style ImageNet weights
     pixel_std=[1.0, 1.0, 1.0],
-    channels_last=True,  # MODEL.FCOS.CHANNELS_LAST: NHWC convolutions, faster
+    # MODEL.FCOS.MEMORY_FORMAT "auto": NHWC per mode where it is faster on train.device
+    channels_last=L(auto_channels_last_modes)(device="${...train.device}"),
     fold_bn_at_test=True,  # MODEL.FCOS.FOLD_BN_AT_TEST: BatchNorm folded into convs at test
 )
 
