@@ -168,7 +168,9 @@ _TOWER_NAMES = {
 # Source keys dropped with a count rather than one by one: torchvision's ResNet built with
 # nn.BatchNorm2d (``weights=None``) has BatchNorm counters; the converted ResNet is frozen.
 _DROPPED_PATTERNS = {
-    "torchvision": (r"backbone\.body\..+\.num_batches_tracked", "backbone.body.*.num_batches_tracked"),
+    "torchvision": (
+        r"backbone\.body\..+\.num_batches_tracked", "backbone.body.*.num_batches_tracked"
+    ),
 }
 
 # Keys a usable FCOS checkpoint must give (after conversion), with what they are.

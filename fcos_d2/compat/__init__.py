@@ -40,7 +40,8 @@ def compiled_ops_available() -> bool:
 
 
 def pure_python_detectron2() -> bool:
-    """Whether the installed Detectron2 is the pure-Python one of ``tools/install_detectron2.py``."""
+    """Whether the installed Detectron2 is the pure-Python one that
+    ``tools/install_detectron2.py`` installs."""
     origin = _c_origin()
     return origin is not None and origin.endswith(".py")
 
