@@ -42,6 +42,8 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 import fcos_d2
+from detectron2.layers import Conv2d as D2Conv2d
+from detectron2.layers import FrozenBatchNorm2d as D2FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
@@ -77,10 +79,10 @@ def model_configs(device: str) -> Dict[str, object]:
         cfg.MODEL.WEIGHTS = ""
         cfg.MODEL.DEVICE = device
         cfg.MODEL.RESNETS.DEPTH = 50
-        # Random weights: frozen BatchNorm with identity statistics lets 50 random layers
-        # blow the activations up (Faster R-CNN's proposals then overflow), so all
-        # models use trainable BatchNorm -- the same cost for each.
-        cfg.MODEL.RESNETS.NORM = "BN"
+        # FrozenBatchNorm everywhere in the ResNet, as when training from ImageNet or
+        # COCO weights (Detectron2's default; torchvision's FCOS with weights); its
+        # statistics come from calibrate_frozen_batchnorm.
+        cfg.MODEL.RESNETS.NORM = "FrozenBN"
         return cfg
 
     def fcos(memory_format: str = "auto", fold_bn: bool = True):
@@ -89,6 +91,7 @@ def model_configs(device: str) -> Dict[str, object]:
         cfg = make(os.path.join(ROOT, "configs/COCO-Detection/FCOS_R_50_1x.yaml"))
         cfg.MODEL.FCOS.MEMORY_FORMAT = memory_format
         cfg.MODEL.FCOS.FOLD_BN_AT_TEST = fold_bn
+        cfg.MODEL.FCOS.FOLD_FROZEN_BN = fold_bn
         return cfg
 
     return {
@@ -105,35 +108,20 @@ def model_configs(device: str) -> Dict[str, object]:
     }
 
 
-def freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """``module`` with every ``nn.BatchNorm2d`` in it (or itself) replaced by a
-    FrozenBatchNorm2d holding the same statistics and affine parameters, as Detectron2's
-    FREEZE_AT does to the stages it freezes."""
-    if isinstance(module, nn.BatchNorm2d):
-        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
-        for key in ("weight", "bias", "running_mean", "running_var"):
-            getattr(frozen, key).copy_(getattr(module, key).detach())
-        return frozen.to(module.weight.device)
-    for name, child in module.named_children():
-        setattr(module, name, freeze_batchnorm(child))
-    return module
-
-
 def build_torchvision_fcos(device: str) -> nn.Module:
     """torchvision's FCOS with the backbone of the Detectron2 models here: ResNet-50-FPN
-    (P3-P5 + P6/P7 from P5), random weights, stem and first stage frozen (FrozenBatchNorm
-    there), three trainable stages with trainable BatchNorm, 80 classes.
+    (P3-P5 + P6/P7 from P5), random weights, FrozenBatchNorm throughout the ResNet, stem
+    and first stage frozen, three trainable stages, 80 classes -- what
+    ``fcos_resnet50_fpn`` builds when given weights.
 
     ``fcos_resnet50_fpn(weights=None, weights_backbone=None, trainable_backbone_layers=3)``
     is not this: without weights it makes every BatchNorm trainable and, with a warning,
     every stage trainable (5), so it is assembled from the same public parts here.
     """
     backbone = resnet_fpn_backbone(
-        backbone_name="resnet50", weights=None, norm_layer=nn.BatchNorm2d,
+        backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d,
         trainable_layers=3, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256),
     )
-    backbone.body.bn1 = freeze_batchnorm(backbone.body.bn1)
-    backbone.body.layer1 = freeze_batchnorm(backbone.body.layer1)
     return TorchvisionDetector(TorchvisionFCOSModel(backbone, num_classes=80)).to(device)
 
 
@@ -173,14 +161,51 @@ class TorchvisionDetector(nn.Module):
 def build_models(names: List[str], device: str) -> Dict[str, nn.Module]:
     """``names`` -> the models in inference mode, each from torch seed 0."""
     configs = model_configs(device)
+    calibration = random_images(2, 256, 320, device, with_boxes=False, seed=1)
     models = {}
     for name in names:
         torch.manual_seed(0)
         if name == TORCHVISION_FCOS:
-            models[name] = build_torchvision_fcos(device).eval()
+            model = build_torchvision_fcos(device).eval()
+            images = model.model.transform(model.torchvision_inputs(calibration)[0])[0]
+            calibrate_frozen_batchnorm(model.model.backbone, images.tensors)
         else:
-            models[name] = build_model(configs[name]).eval()
+            model = build_model(configs[name]).eval()
+            calibrate_frozen_batchnorm(model.backbone, model.preprocess_image(calibration).tensor)
+        models[name] = model
     return models
+
+
+@torch.no_grad()
+def calibrate_frozen_batchnorm(backbone: nn.Module, images: torch.Tensor) -> int:
+    """Give each FrozenBatchNorm of a randomly initialised ``backbone`` the mean and
+    variance of its input on ``images``, layer after layer in one forward, as pretrained
+    statistics would: every normalised map then has zero mean and unit variance, where
+    identity statistics would let 50 random layers blow the activations up (and
+    detectors' boxes overflow). Returns the number of norms calibrated."""
+
+    def calibrate(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        norm.running_mean.copy_(mean)
+        norm.running_var.copy_(var)
+        scale = torch.rsqrt(var + norm.eps) * norm.weight
+        return (x - mean.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
+
+    handles = []
+    for module in backbone.modules():
+        if isinstance(module, FrozenBatchNorm2d):  # torchvision's: called as a module
+            handles.append(module.register_forward_hook(
+                lambda norm, args, out: calibrate(norm, args[0])))
+        elif isinstance(module, D2Conv2d) and isinstance(module.norm, D2FrozenBatchNorm2d):
+            # Detectron2's: maybe never called (folded into the kernel), but fresh ones
+            # are the identity, so the convolution's output is the norm's input
+            assert module.activation is None, "calibration needs the norm's raw output"
+            handles.append(module.register_forward_hook(
+                lambda conv, args, out: calibrate(conv.norm, out)))
+    backbone(images)
+    for handle in handles:
+        handle.remove()
+    return len(handles)
 
 
 class Timer:

@@ -121,26 +121,44 @@ def _trainable(model):
 
 
 def test_torchvision_peer_trains_what_fcos_d2_trains():
-    """torchvision's FCOS gets Detectron2's FREEZE_AT=2: stem and first stage frozen with
-    FrozenBatchNorm, three trainable stages with BatchNorm."""
+    """torchvision's FCOS as fcos_d2's default ResNet-50-FPN: FrozenBatchNorm throughout
+    the ResNet, stem and first stage frozen (FREEZE_AT=2), three trainable stages."""
     from torchvision.ops import FrozenBatchNorm2d
 
     peer = benchmark.build_torchvision_fcos("cpu").model
     body = peer.backbone.body
-    for frozen in (body.bn1, *body.layer1.modules()):
-        assert not isinstance(frozen, torch.nn.BatchNorm2d)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in body.modules())
     assert isinstance(body.bn1, FrozenBatchNorm2d)
+    assert isinstance(body.layer4[2].bn3, FrozenBatchNorm2d)
     assert all(not p.requires_grad for p in [*body.conv1.parameters(), *body.layer1.parameters()])
     assert all(p.requires_grad for p in body.layer2.parameters())
-    assert isinstance(body.layer4[2].bn3, torch.nn.BatchNorm2d)
-    ours = build_model(benchmark.model_configs("cpu")["FCOS"])
-    # same trainable network: ResNet-50 res3-res5, FPN, P6/P7, head; fcos_d2 has one
-    # learnable scale per level (5) that torchvision's head does not
+    cfg = benchmark.model_configs("cpu")["FCOS"]
+    assert cfg.MODEL.RESNETS.NORM == "FrozenBN" and cfg.MODEL.BACKBONE.FREEZE_AT == 2
+    ours = build_model(cfg)
+    # same trainable network: ResNet-50 res3-res5 convs, FPN, P6/P7, head; fcos_d2 has
+    # one learnable scale per level (5) that torchvision's head does not
     assert _trainable(ours) - _trainable(peer) == 5
-    # by hand: ResNet-50's 25,557,032 less fc (2,049,000), stem (9,408 + 128) and layer1
-    # (215,808) = 23,282,688; FPN laterals 918,272 + outputs 1,770,240 + P6/P7 1,180,160;
-    # head: two towers of 4 x (589,824 + 256 + 512 GN) + 184,400 + 9,220 + 2,305
-    assert _trainable(peer) == 23_282_688 + 3_868_672 + 4_920_661
+    # by hand: ResNet-50's 25,557,032 less fc (2,049,000), stem (9,408 + 128), layer1
+    # (215,808) and the BatchNorms of layer2-4 (2 x (3,584 + 10,240 + 11,264) = 50,176)
+    # = 23,232,512; FPN laterals 918,272 + outputs 1,770,240 + P6/P7 1,180,160; head: two
+    # towers of 4 x (589,824 + 256 + 512 GN) + 184,400 + 9,220 + 2,305
+    assert _trainable(peer) == 23_232_512 + 3_868_672 + 4_920_661
+
+
+def test_calibrated_frozen_batchnorm_normalises_each_layer():
+    """Random weights with identity FrozenBatchNorm statistics blow activations up; the
+    benchmark gives every norm the statistics of its input, in both implementations."""
+    models = benchmark.build_models(["FCOS", benchmark.TORCHVISION_FCOS], "cpu")
+    inputs = benchmark.random_images(1, 128, 160, "cpu", with_boxes=False, seed=3)
+    ours, peer = models["FCOS"], models[benchmark.TORCHVISION_FCOS].model
+    stem_norm = ours.backbone.bottom_up.stem.conv1.norm
+    assert stem_norm.running_var.min() > 0 and (stem_norm.running_var - 1).abs().max() > 0.1
+    with torch.no_grad():
+        p5 = ours.backbone(ours.preprocess_image(inputs).tensor)["p5"]
+        images = peer.transform(models[benchmark.TORCHVISION_FCOS].torchvision_inputs(inputs)[0])
+        p5_peer = peer.backbone(images[0].tensors)["2"]
+    # unnormalised, 50 random layers grow the maps by orders of magnitude
+    assert 0.05 < p5.std().item() < 20 and 0.05 < p5_peer.std().item() < 20
 
 
 def test_torchvision_peer_sees_the_same_pixels():

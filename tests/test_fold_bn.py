@@ -5,7 +5,11 @@ from torch import nn
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
-from fcos_d2.modeling.fold_bn import fold_batchnorm
+from fcos_d2.modeling.fold_bn import (
+    FrozenBatchNormFoldedConv2d,
+    fold_batchnorm,
+    fold_frozen_batchnorm_per_forward,
+)
 from conftest import make_inputs, tiny_cfg
 
 
@@ -128,3 +132,68 @@ def test_tracing_records_the_real_backbone(one_thread):
         expected = model.backbone(x)["p3"]
         torch.testing.assert_close(traced(x), expected)
         torch.testing.assert_close(P3()(x), expected, rtol=1e-4, atol=1e-4)  # the folded copy
+
+
+def _count_calls(modules):
+    calls = []
+    for m in modules:
+        m.register_forward_hook(lambda *args: calls.append(1))
+    return calls
+
+
+def test_frozen_bn_folded_per_forward_by_hand():
+    """conv 1x1 (weight 2, bias 1) + FrozenBN (mean 3, var 4 - eps, weight 5, bias 6):
+    y = (2x + 1 - 3) * 2.5 + 6; dy/dweight = 2.5 x, dy/dbias = 2.5."""
+    model = nn.Sequential(Conv2d(1, 1, 1, bias=True, norm=FrozenBatchNorm2d(1)))
+    norm = model[0].norm
+    with torch.no_grad():
+        model[0].weight.fill_(2.0)
+        model[0].bias.fill_(1.0)
+        norm.running_mean.fill_(3.0)
+        norm.running_var.fill_(4.0 - norm.eps)
+        norm.weight.fill_(5.0)
+        norm.bias.fill_(6.0)
+    keys = set(model.state_dict())
+    assert fold_frozen_batchnorm_per_forward(model) == 1
+    assert isinstance(model[0], FrozenBatchNormFoldedConv2d) and model[0].norm is norm
+    assert set(model.state_dict()) == keys
+    calls = _count_calls([norm])
+    y = model(torch.tensor([[[[2.0]]]], requires_grad=True))
+    y.backward()
+    assert y.item() == 11.0 and not calls  # the norm's own forward never ran
+    assert model[0].weight.grad.item() == 5.0 and model[0].bias.grad.item() == 2.5
+
+
+def _frozen_bn_fcos(fold_frozen_bn: bool):
+    cfg = tiny_cfg()
+    cfg.MODEL.RESNETS.NORM = "FrozenBN"
+    cfg.MODEL.BACKBONE.FREEZE_AT = 2
+    cfg.MODEL.FCOS.FOLD_FROZEN_BN = fold_frozen_bn
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    _randomize_bn_statistics(model.backbone)
+    return model.train()
+
+
+def test_fcos_training_with_frozen_bn_folded_matches_unfolded(one_thread):
+    """The default folds the backbone's FrozenBatchNorms into the kernels in training too:
+    no FrozenBatchNorm forward runs, and losses and gradients equal the unfolded model's."""
+    folded = _frozen_bn_fcos(tiny_cfg().MODEL.FCOS.FOLD_FROZEN_BN)  # the default
+    plain = _frozen_bn_fcos(False)
+    plain.load_state_dict(folded.state_dict())
+    assert set(folded.state_dict()) == set(plain.state_dict())
+    norms = [m for m in folded.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert len(norms) == 20  # ResNet-18: stem 1 + 8 blocks x 2 + 3 shortcuts
+    calls = _count_calls(norms)
+    inputs = make_inputs([[[10, 10, 60, 50]], [[20, 30, 90, 80]]], size=(96, 128))
+    losses_folded, losses_plain = folded(inputs), plain(inputs)
+    assert not calls
+    for key, value in losses_plain.items():
+        torch.testing.assert_close(losses_folded[key], value, rtol=1e-4, atol=1e-5)
+    sum(losses_folded.values()).backward()
+    sum(losses_plain.values()).backward()
+    for name in ("bottom_up.res3.0.conv1.weight", "bottom_up.res5.1.conv2.weight"):
+        a = folded.backbone.get_parameter(name).grad
+        b = plain.backbone.get_parameter(name).grad
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * b.abs().max().item())
+    assert folded.backbone.bottom_up.stem.conv1.weight.grad is None  # FREEZE_AT 2

@@ -90,6 +90,7 @@ model = L(FCOS)(
     # MODEL.FCOS.MEMORY_FORMAT "auto": NHWC per mode where it is faster on train.device
     channels_last=L(auto_channels_last_modes)(device="${...train.device}"),
     fold_bn_at_test=True,  # MODEL.FCOS.FOLD_BN_AT_TEST: BatchNorm folded into convs at test
+    fold_frozen_bn=True,  # MODEL.FCOS.FOLD_FROZEN_BN: FrozenBN folded at every forward
 )
 
 # Detectron2's COCO data pipeline (BGR, multi-scale train 640-800 short side, flip), with

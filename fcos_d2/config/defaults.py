@@ -43,6 +43,9 @@ def add_fcos_config(cfg: CN) -> CN:
     # At inference (no autograd, not tracing), run a copy of the backbone whose
     # BatchNorms are folded into the convolutions before them; rebuilt when weights change.
     fcos.FOLD_BN_AT_TEST = True
+    # Apply the backbone's FrozenBatchNorms by scaling the kernels of the convolutions
+    # before them at every forward, training included (no pass over their outputs).
+    fcos.FOLD_FROZEN_BN = True
     # Where location (i, j) of a level sits: ((j + LOCATION_OFFSET) * sx, (i + LOCATION_OFFSET)
     # * sy), spacing (sy, sx) the level's stride. 0.5: the centre of the stride cell
     # (FCOS's stride // 2); 0.0: torchvision's anchor centres, k * stride.

@@ -1,13 +1,20 @@
-"""Inference-time folding of BatchNorm into the convolution before it."""
+"""Folding BatchNorm into the convolution before it: frozen BatchNorm at every forward
+(training included), every inference-mode BatchNorm in a cached copy at inference."""
 import copy
 from typing import Optional, Tuple
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 
-__all__ = ["fold_batchnorm", "FoldedBatchNormCache"]
+__all__ = [
+    "fold_batchnorm",
+    "FoldedBatchNormCache",
+    "FrozenBatchNormFoldedConv2d",
+    "fold_frozen_batchnorm_per_forward",
+]
 
 
 def _norm_scale_shift(norm: nn.Module) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
@@ -87,3 +94,50 @@ class FoldedBatchNormCache:
 
     def clear(self) -> None:
         self._key, self._folded = None, None
+
+
+class FrozenBatchNormFoldedConv2d(Conv2d):
+    """Detectron2's :class:`Conv2d` whose :class:`FrozenBatchNorm2d` ``norm`` is applied
+    by scaling the kernel instead of the output.
+
+    ``norm(conv(x, W) + b) == conv(x, W * scale) + (b * scale + shift)`` with the
+    per-channel scale and shift of the frozen statistics, so the forward computes the
+    same function (up to float rounding) with no pass over the feature map for the norm
+    and, in training, none in backward either: the gradient reaches ``W`` through the
+    (C_out x C_in x k x k) product, which is small next to the feature maps. The
+    parameters and the ``norm`` submodule stay where they were, so checkpoints are
+    unchanged. Any other norm runs as in :class:`Conv2d`.
+    """
+
+    def forward(self, x):
+        if not isinstance(self.norm, FrozenBatchNorm2d):
+            return super().forward(x)
+        scale, shift = _norm_scale_shift(self.norm)
+        weight = self.weight * scale.view(-1, 1, 1, 1)
+        bias = shift if self.bias is None else self.bias * scale + shift
+        x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+
+def fold_frozen_batchnorm_per_forward(module: nn.Module) -> int:
+    """Replace, in place, every Detectron2 :class:`Conv2d` in ``module`` whose ``norm``
+    is a :class:`FrozenBatchNorm2d` by a :class:`FrozenBatchNormFoldedConv2d` holding the
+    same parameter, norm and activation objects. Returns how many were replaced."""
+    replaced = 0
+    for parent in list(module.modules()):
+        for name, conv in list(parent.named_children()):
+            if type(conv) is not Conv2d or not isinstance(conv.norm, FrozenBatchNorm2d):
+                continue
+            folded = FrozenBatchNormFoldedConv2d(
+                conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+                bias=conv.bias is not None, padding_mode=conv.padding_mode,
+                norm=conv.norm, activation=conv.activation,
+            )
+            folded.weight, folded.bias = conv.weight, conv.bias
+            folded.train(conv.training)
+            setattr(parent, name, folded)
+            replaced += 1
+    return replaced

@@ -8,7 +8,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, detector_postprocess
 from detectron2.structures import ImageList, Instances
 
-from .fold_bn import FoldedBatchNormCache
+from .fold_bn import FoldedBatchNormCache, fold_frozen_batchnorm_per_forward
 from .head import FCOSHead
 from .inference import FCOSPostProcessor
 from .losses import FCOSLosses
@@ -41,6 +41,7 @@ class FCOS(FCOSPipeline):
         pixel_std: Tuple[float, ...],
         channels_last: Union[bool, Tuple[bool, bool]] = False,
         fold_bn_at_test: bool = False,
+        fold_frozen_bn: bool = False,
         location_offset: float = 0.5,
         spacing_from_input: bool = False,
         remove_empty_boxes: bool = True,
@@ -60,6 +61,11 @@ class FCOS(FCOSPipeline):
                 with its BatchNorms folded into the preceding convolutions
                 (:func:`fcos_d2.modeling.fold_bn.fold_batchnorm`); same results up to
                 float rounding. The copy is rebuilt when the weights change.
+            fold_frozen_bn: apply every FrozenBatchNorm of the backbone by scaling its
+                convolution's kernel at each forward, training included
+                (:class:`fcos_d2.modeling.fold_bn.FrozenBatchNormFoldedConv2d`): the same
+                function and checkpoint keys, one pass over those feature maps less in
+                forward and in backward.
             location_offset, spacing_from_input: where the locations sit (see
                 :class:`FCOSPipeline`).
             remove_empty_boxes: drop detections whose box is empty after clipping (in
@@ -76,6 +82,8 @@ class FCOS(FCOSPipeline):
             location_offset=location_offset,
             spacing_from_input=spacing_from_input,
         )
+        if fold_frozen_bn:
+            fold_frozen_batchnorm_per_forward(backbone)
         self.backbone = backbone
         self.remove_empty_boxes = remove_empty_boxes
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
@@ -107,6 +115,7 @@ class FCOS(FCOSPipeline):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "channels_last": channels_last_modes(cfg),
             "fold_bn_at_test": cfg.MODEL.FCOS.FOLD_BN_AT_TEST,
+            "fold_frozen_bn": cfg.MODEL.FCOS.FOLD_FROZEN_BN,
         }
 
     @property
