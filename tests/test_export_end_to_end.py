@@ -235,11 +235,26 @@ def test_torchvision_options_are_exported(option, value, tmp_path):
         assert_same_detections(run(image), eager_detections(model, image, RESIZE), min_count=20)
 
 
-def test_spacing_from_input_is_refused():
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_spacing_from_input_follows_the_input_size(fmt, tmp_path):
+    """torchvision's location spacing (padded size // level size) is computed in the graph:
+    a graph traced on one size gives the eager detections on sizes whose P6/P7 spacing
+    differs from the stride and from the traced sample's."""
+    torch.manual_seed(0)
     cfg = tiny_cfg()
     cfg.MODEL.FCOS.SPACING_FROM_INPUT = True
-    with pytest.raises(ValueError, match="SPACING_FROM_INPUT"):
-        FCOSEndToEnd(build_model(cfg).eval(), RESIZE)
+    cfg.MODEL.FCOS.LOCATION_OFFSET = 0.0
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for conv in (model.head.cls_logits, model.head.bbox_pred, model.head.ctrness):
+            conv.weight.normal_(std=0.05)
+        model.head.cls_logits.bias.fill_(-1.0)
+    run = export_and_load(model, fmt, None, tmp_path / f"model.{fmt}")
+    # padded 160x224: P6 3x4 -> spacing (53, 56); 96x96: P7 1x1 -> spacing (96, 96)
+    for seed, size in enumerate([(150, 210), (96, 96)]):
+        image = random_image(*size, seed=seed + 60)
+        expected = eager_detections(model, image, None)
+        assert_same_detections(run(image), expected, min_count=20)
 
 
 def test_graph_calls_the_models_detection_path(monkeypatch, tmp_path):

@@ -106,14 +106,6 @@ def check_end_to_end(model: nn.Module) -> None:
             f"(MODEL.META_ARCHITECTURE: FCOS); {type(model).__name__} has no {missing} "
             "(FCOS-RPN two-stage models: export the raw graph instead)"
         )
-    if getattr(model, "spacing_from_input", False):
-        # Not traceable today: pipeline.level_locations computes the spacing with Python
-        # ints (int(input_size[0]) // int(f.shape[-2])), so a traced graph would keep the
-        # sample's spacing for every input size (tested: wrong boxes on other sizes).
-        raise ValueError(
-            "MODEL.FCOS.SPACING_FROM_INPUT: True cannot be exported yet -- the locations' "
-            "spacing is computed with Python integers and would be fixed at the traced size"
-        )
     if model.pixel_mean.numel() != 3:
         raise ValueError(
             f"the end-to-end graph takes 3-channel images; MODEL.PIXEL_MEAN has "

@@ -41,6 +41,17 @@ def _cached_locations(
     return compute_locations(height, width, stride, device, offset, spacing)
 
 
+def _spacing(input_size, feature: Tensor, tracing: bool):
+    """(H // Hi, W // Wi): Python ints, or while tracing the traced sizes' quotients, so
+    that an exported graph computes the spacing of each input it is given."""
+    if tracing:
+        return input_size[0] // feature.shape[-2], input_size[1] // feature.shape[-1]
+    return (
+        int(input_size[0]) // int(feature.shape[-2]),
+        int(input_size[1]) // int(feature.shape[-1]),
+    )
+
+
 def level_locations(
     features: Sequence[Tensor],
     strides: Sequence[int],
@@ -57,12 +68,9 @@ def level_locations(
     tracing, they are computed from the traced shapes instead, so an exported graph
     follows the input size.
     """
-    spacings = [
-        None if input_size is None
-        else (int(input_size[0]) // int(f.shape[-2]), int(input_size[1]) // int(f.shape[-1]))
-        for f in features
-    ]  # fmt: skip
-    locate = compute_locations if torch.jit.is_tracing() else _cached_locations
+    tracing = torch.jit.is_tracing()
+    spacings = [None if input_size is None else _spacing(input_size, f, tracing) for f in features]
+    locate = compute_locations if tracing else _cached_locations
     return [
         locate(f.shape[-2], f.shape[-1], int(s), f.device, float(offset), spacing)
         for f, s, spacing in zip(features, strides, spacings)
