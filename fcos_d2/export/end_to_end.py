@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.onnx.operators import shape_as_tensor
 
 from ..modeling.inference import clip_boxes
+from .raw import trace_to_onnx
 from .resize import resize_bilinear, resized_size
 
 __all__ = ["FCOSEndToEnd", "OUTPUT_NAMES", "check_end_to_end", "export_end_to_end"]
@@ -130,23 +131,13 @@ def export_end_to_end(
             f"the sample must be an (H, W, 3) uint8 image, got {tuple(sample.shape)} {sample.dtype}"
         )
     wrapper = FCOSEndToEnd(model, resize).eval()
-    with torch.no_grad():
-        if fmt == "torchscript":
-            traced = torch.jit.trace(wrapper, (sample,), check_trace=False)
-            traced.save(path)
-        elif fmt == "onnx":
-            dynamic = {"image": {0: "height", 1: "width"}}
-            dynamic.update({name: {0: "detections"} for name in OUTPUT_NAMES})
-            torch.onnx.export(
-                wrapper,
-                (sample,),
-                path,
-                dynamo=False,
-                input_names=["image"],
-                output_names=OUTPUT_NAMES,
-                dynamic_axes=dynamic,
-                opset_version=opset,
-            )
-        else:
-            raise ValueError(f"unknown export format {fmt!r}: expected 'torchscript' or 'onnx'")
+    if fmt == "torchscript":
+        with torch.no_grad():
+            torch.jit.trace(wrapper, (sample,), check_trace=False).save(path)
+    elif fmt == "onnx":
+        dynamic = {"image": {0: "height", 1: "width"}}
+        dynamic.update({name: {0: "detections"} for name in OUTPUT_NAMES})
+        trace_to_onnx(wrapper, sample, path, "image", OUTPUT_NAMES, dynamic, opset)
+    else:
+        raise ValueError(f"unknown export format {fmt!r}: expected 'torchscript' or 'onnx'")
     return wrapper

@@ -144,15 +144,29 @@ def export_onnx(model: nn.Module, sample: Tensor, path: str, opset: int = 17) ->
     for name in names:
         level = name.split("_")[-1]
         dynamic[name] = {0: "batch", 2: f"height_{level}", 3: f"width_{level}"}
+    trace_to_onnx(wrapper, sample, path, "images", names, dynamic, opset)
+    return names
+
+
+def trace_to_onnx(
+    module: nn.Module,
+    sample: Tensor,
+    path: str,
+    input_name: str,
+    output_names: List[str],
+    dynamic_axes: Dict[str, Dict[int, str]],
+    opset: int,
+) -> None:
+    """Write ``module`` (one tensor in) to ONNX at ``path`` with PyTorch's TorchScript-based
+    exporter (``dynamo=False``), traced on ``sample`` without autograd."""
     with torch.no_grad():
         torch.onnx.export(
-            wrapper,
+            module,
             (sample,),
             path,
             dynamo=False,
-            input_names=["images"],
-            output_names=names,
-            dynamic_axes=dynamic,
+            input_names=[input_name],
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes,
             opset_version=opset,
         )
-    return names
