@@ -160,19 +160,22 @@ class FCOSPostProcessor:
         the whole (R, K) score map is cheaper than gathering them all.
         """
         ctr_prob = ctrness.sigmoid()  # (R,)
-        if self.thresh_on_final_score:  # torchvision: sqrt(cls * ctr) > thresh
-            dense = logits.sigmoid() * ctr_prob[:, None]  # (R, K) cls * ctr
-            passing = (torch.sqrt(dense) if self.score_sqrt else dense) > self.score_thresh
-        elif self.thresh_with_ctr:
-            dense = logits.sigmoid() * ctr_prob[:, None]  # (R, K) cls * ctr
-            passing = dense > self.score_thresh
+
+        def cls_times_ctr() -> Tensor:  # (R, K), the score map before any sqrt
+            return logits.sigmoid() * ctr_prob[:, None]
+
+        dense = None
+        if self.thresh_on_final_score or self.thresh_with_ctr:
+            dense = cls_times_ctr()
+            # torchvision thresholds the final score: sqrt(cls * ctr) with score_sqrt
+            final = torch.sqrt(dense) if self.thresh_on_final_score and self.score_sqrt else dense
+            passing = final > self.score_thresh
         else:
             # sigmoid(x) > t  <=>  x > logit(t): threshold the logits, no sigmoid needed
-            dense = None
             passing = logits > _logit(self.score_thresh)
         if torch.jit.is_tracing() or int(passing.count_nonzero()) > self.pre_nms_topk:
             if dense is None:
-                dense = logits.sigmoid() * ctr_prob[:, None]
+                dense = cls_times_ctr()
             loc_idx, classes, scores = self.dense_topk(dense, passing)
         else:
             loc_idx, classes = passing.nonzero().unbind(1)  # (M,) each
