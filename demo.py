@@ -32,6 +32,7 @@ from detectron2.structures import Instances
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from fcos_d2.data.mapper import read_image
+from fcos_d2.data.register import setup_datasets
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -44,6 +45,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="folder for drawings and JSON")
     parser.add_argument("--confidence-threshold", type=float, default=0.5,
                         help="keep detections with at least this score")
+    parser.add_argument("--dataset", default=None, metavar="SPEC",
+                        help="the model's dataset, as train_net.py --test-dataset SPEC "
+                        "(name=N,json=FILE,images=DIR or a VOC SPEC): its class names are drawn")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="KEY VALUE config overrides, e.g. MODEL.WEIGHTS model.pth")
     return parser.parse_args(argv)
@@ -51,6 +55,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def setup_cfg(args: argparse.Namespace):
     cfg = fcos_d2.setup_cfg(args.config_file, args.opts, freeze=False)
+    if args.dataset:  # its metadata names the classes (DATASETS.TEST[0])
+        setup_datasets(cfg, test=[args.dataset], opts=args.opts)
     # Let the models' own thresholds pass every detection the final threshold t keeps:
     # an R-CNN's score is its class probability; an FCOS score sqrt(cls * ctr) >= t needs
     # cls >= t^2 (cls >= t for cls * ctr), and FCOS thresholds cls first.
