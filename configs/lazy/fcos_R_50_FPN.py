@@ -21,6 +21,7 @@ from detectron2.modeling.backbone import FPN, BasicStem, ResNet
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 
 from fcos_d2.data.mapper import FCOSDatasetMapper
+from fcos_d2.modeling.execution import auto_precision_modes
 from fcos_d2.modeling.memory_format import auto_channels_last_modes
 from fcos_d2.modeling import (
     FCOS,
@@ -89,6 +90,11 @@ model = L(FCOS)(
     pixel_std=[1.0, 1.0, 1.0],
     # MODEL.FCOS.MEMORY_FORMAT "auto": NHWC per mode where it is faster on train.device
     channels_last=L(auto_channels_last_modes)(device="${...train.device}"),
+    # SOLVER.AMP / TEST.AMP with PRECISION "auto": the network's autocast dtype per mode
+    # (training: train.amp.enabled; inference: bfloat16 on CPUs with AMX, else float32)
+    precision=L(auto_precision_modes)(
+        device="${...train.device}", train_amp="${...train.amp.enabled}"
+    ),
     fold_bn_at_test=True,  # MODEL.FCOS.FOLD_BN_AT_TEST: BatchNorm folded into convs at test
     fold_frozen_bn=True,  # MODEL.FCOS.FOLD_FROZEN_BN: FrozenBN folded at every forward
 )

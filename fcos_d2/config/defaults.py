@@ -100,6 +100,19 @@ def add_fcos_config(cfg: CN) -> CN:
     # near-zero-size proposal would give the ROI box regression infinite targets.
     fcos.RPN.MIN_SIZE = 1.0
 
+    # ---- precision (fcos_d2/modeling/execution.py has the rule table) -------------------
+    # SOLVER.AMP.ENABLED (Detectron2's key) trains under autocast, on CPUs too. PRECISION:
+    # "auto" (float16 with a GradScaler on CUDA, bfloat16 on CPUs), "float16", "bfloat16".
+    if "PRECISION" not in _C.SOLVER.AMP:
+        _C.SOLVER.AMP.PRECISION = "auto"
+    # Inference under autocast, inside the model (every client: evaluation, predictors,
+    # demo, TTA, Detectron2's tools). "auto": bfloat16 on CPUs with AMX, float32 (no
+    # autocast) elsewhere; "float16", "bfloat16" or "float32" force one.
+    if "AMP" not in _C.TEST:
+        _C.TEST.AMP = CN()
+        _C.TEST.AMP.ENABLED = True
+        _C.TEST.AMP.PRECISION = "auto"
+
     # ---- data ---------------------------------------------------------------------------
     # Log and skip training images that cannot be read, instead of stopping with an error.
     _C.DATALOADER.SKIP_BAD_IMAGES = False

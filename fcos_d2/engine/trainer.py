@@ -16,13 +16,14 @@ from detectron2.data import (
 )
 from detectron2.data.samplers import TrainingSampler
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine import create_ddp_model as d2_create_ddp_model
 from detectron2.utils.logger import setup_logger
 from detectron2.utils import comm
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDetectionEvaluator
 
 from ..data.checks import check_dataset_classes
+from .amp import AMPTrainer, training_precision
 from ..data.mapper import FCOSDatasetMapper
 from ..modeling.tta import with_tta
 
@@ -99,8 +100,10 @@ class StartIterLoader:
 class Trainer(DefaultTrainer):
     """DefaultTrainer (checkpoints, ETA and metrics logging, periodic evaluation) with
     :class:`FCOSDatasetMapper`, an evaluator picked by the dataset's evaluator_type, CPU
-    models in DistributedDataParallel, and a resumed run (``resume_or_load``) that
-    continues the training data stream where the checkpointed run left it."""
+    models in DistributedDataParallel, mixed precision on CPUs and CUDA
+    (``SOLVER.AMP``, :class:`~fcos_d2.engine.amp.AMPTrainer`), and a resumed run
+    (``resume_or_load``) that continues the training data stream where the checkpointed
+    run left it (with the gradient scaler's state)."""
 
     def __init__(self, cfg):
         """DefaultTrainer's construction, with :func:`create_ddp_model` (CPU models too)."""
@@ -118,9 +121,12 @@ class Trainer(DefaultTrainer):
             start_iter=lambda: self.start_iter,
         )
         model = create_ddp_model(model, broadcast_buffers=False)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer
-        )
+        if cfg.SOLVER.AMP.ENABLED:
+            self._trainer = AMPTrainer(
+                model, data_loader, optimizer, cfg.MODEL.DEVICE, training_precision(cfg)
+            )
+        else:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0

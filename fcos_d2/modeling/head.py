@@ -162,6 +162,7 @@ class FCOSHead(nn.Module):
             box_feat = self.box_tower(shared, level)
             logits.append(self.cls_logits(cls_feat))
             ctrness.append(self.ctrness(box_feat if self.centerness_on_reg else cls_feat))
-            dist = self.scales[level](self.bbox_pred(box_feat))
+            # scale and exp in float32: exp(x) overflows float16 from x = 11.1 on
+            dist = self.scales[level](self.bbox_pred(box_feat).float())
             box_dists.append(F.relu(dist) if self.use_relu else torch.exp(dist))
         return logits, box_dists, ctrness

@@ -18,6 +18,7 @@ LOC_LOSS_TYPES = ("iou", "linear_iou", "giou")
 CLS_NORMALIZERS = ("fg", "moving_fg", "all")
 BOX_QUALITIES = ("ctrness", "iou")
 _EPS = 1e-6
+_BOUND = torch.finfo(torch.float16).max  # 65504
 MOVING_NUM_FG_INIT = 100.0  # as in AdelaiDet
 
 
@@ -153,9 +154,13 @@ class FCOSLosses(nn.Module):
             labels: (N, R) from :class:`FCOSTargetAssigner` (K background, -1 ignored).
             reg_targets: (N, R, 4) target distances, in stride units.
         """
-        # Loss math in fp32, also under mixed precision. Masks weight the sums instead of
-        # selecting elements: no data-dependent shapes, so no host-device sync on GPUs.
-        logits, box_dists, quality = logits.float(), box_dists.float(), quality.float()
+        # Loss math in fp32, also under mixed precision. A head output that overflowed
+        # float16 (inf) is bounded to float16's range, so that the losses stay finite (a
+        # NaN still shows as NaN); no gradient flows through the bounded entries.
+        # Masks weight the sums instead of selecting elements: no data-dependent shapes,
+        # so no host-device sync on GPUs.
+        logits, quality = (x.float().clamp(-_BOUND, _BOUND) for x in (logits, quality))
+        box_dists = box_dists.float().clamp(max=_BOUND)
         valid = labels >= 0
         positive = valid & (labels != self.num_classes)
         pos_weight = positive.to(logits.dtype)

@@ -2,9 +2,9 @@
 
 ``MODEL.FCOS.MEMORY_FORMAT`` picks it:
 
-* ``"auto"`` (default): in each mode (training, inference) the format that was faster for
-  FCOS on this kind of machine, by the rule of :func:`nhwc_is_faster`, which
-  ``benchmarks/benchmark.py`` measured (figures in ``docs/benchmarks.md``);
+* ``"auto"`` (default): in each mode (training, inference) the format of the rule table in
+  :mod:`fcos_d2.modeling.execution` (the faster one on this kind of machine, measured by
+  ``benchmarks/benchmark.py``; figures in ``docs/benchmarks.md``);
 * ``"nchw"`` / ``"nhwc"``: that format in both modes.
 
 ``MODEL.FCOS.CHANNELS_LAST`` is deprecated: unset (``None``) by default; ``True`` / ``False``
@@ -13,10 +13,10 @@ still mean ``"nhwc"`` / ``"nchw"`` (with a warning), and contradicting an explic
 
 Both formats compute the same function up to float rounding; only the speed differs.
 """
-import functools
 import logging
-import platform
 from typing import FrozenSet, Optional, Tuple
+
+from .execution import MEMORY_FORMATS, cpu_description, cpu_flags, rule_for, vector_extensions
 
 __all__ = [
     "MEMORY_FORMATS",
@@ -31,80 +31,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MEMORY_FORMATS = ("auto", "nchw", "nhwc")
-
-
-@functools.lru_cache(maxsize=None)
-def _cpuinfo() -> Tuple[str, FrozenSet[str]]:
-    """(model name, flags) of the first CPU in ``/proc/cpuinfo``; ("", {}) without it."""
-    model, flags = "", frozenset()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and not model:
-                    model = value.strip()
-                elif key in ("flags", "Features"):  # x86, ARM
-                    flags = frozenset(value.split())
-                    break
-    except OSError:
-        pass
-    return model, flags
-
-
-def cpu_flags() -> FrozenSet[str]:
-    """The CPU's feature flags from ``/proc/cpuinfo`` (e.g. "avx2", "avx512f",
-    "amx_tile"); empty where there is no such file. Read once per process."""
-    return _cpuinfo()[1]
-
-
-def vector_extensions(flags: FrozenSet[str]) -> str:
-    """The x86 vector extensions that decide PyTorch's CPU speed and the rule below, e.g.
-    "AVX2, AVX-512 (bf16), no AMX"."""
-    found = []
-    if "avx2" in flags:
-        found.append("AVX2")
-    if "avx512f" in flags:
-        found.append("AVX-512" + (" (bf16)" if "avx512_bf16" in flags else ""))
-    found.append("AMX" if "amx_tile" in flags else "no AMX")
-    return ", ".join(found)
-
-
-def cpu_description() -> str:
-    """The CPU's model and vector extensions, e.g. "AMD EPYC; AVX2, AVX-512 (bf16), no
-    AMX", for tables of timings."""
-    model = _cpuinfo()[0] or platform.processor() or platform.machine()
-    return f"{model}; {vector_extensions(cpu_flags())}"
-
 
 def nhwc_is_faster(device: str, training: bool, flags: Optional[FrozenSet[str]] = None) -> bool:
-    """Whether FCOS runs faster in NHWC than in NCHW in this mode on ``device``.
-
-    * CUDA: NHWC in both modes (tensor-core convolutions take NHWC; cuDNN otherwise
-      transposes around each of them).
-    * CPU, inference: NHWC, where oneDNN's convolutions were faster on every CPU kind
-      measured (Intel Xeon with AMX; AMD EPYC with AVX-512, no AMX; and, together with
-      BatchNorm folding, AMD EPYC with AVX2).
-    * CPU, training: NHWC only with AVX-512 (``avx512f``). On an AVX2-only CPU the
-      backward pass lost in NHWC: a ResNet-50 FCOS training step took 1.19x as long as in
-      NCHW on an AVX2 AMD EPYC (issue 15); with AVX-512 NHWC won, 0.95x on an AVX-512
-      AMD EPYC and 0.89x on an Intel Xeon (with AMX) (docs/benchmarks.md).
-    * other devices: NCHW, PyTorch's default.
-
-    Args:
-        device: e.g. "cpu", "cuda", "cuda:1" (``cfg.MODEL.DEVICE``).
-        training: the mode.
-        flags: the CPU's flags (default: :func:`cpu_flags`).
-    """
-    if device.startswith("cuda"):
-        return True
-    if not device.startswith("cpu"):
-        return False
-    if not training:
-        return True
-    flags = cpu_flags() if flags is None else flags
-    return "avx512f" in flags
+    """Whether the memory-format rule of :data:`fcos_d2.modeling.execution.RULES` picks
+    NHWC in this mode on ``device`` (e.g. "cpu", "cuda:1"; ``flags``: the CPU's, default
+    :func:`cpu_flags`)."""
+    rule = rule_for("memory_format", device, cpu_flags() if flags is None else flags)
+    return (rule.training if training else rule.inference) == "nhwc"
 
 
 def auto_channels_last_modes(device: str) -> Tuple[bool, bool]:

@@ -1,5 +1,5 @@
 """The one-stage FCOS detector as a Detectron2 meta-architecture."""
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -12,7 +12,7 @@ from .fold_bn import FoldedBatchNormCache, fold_frozen_batchnorm_per_forward
 from .head import FCOSHead
 from .inference import FCOSPostProcessor
 from .losses import FCOSLosses
-from .memory_format import channels_last_modes
+from .execution import ExecutionPolicy, autocast
 from .pipeline import FCOSPipeline, check_strides
 from .targets import FCOSTargetAssigner
 
@@ -40,6 +40,7 @@ class FCOS(FCOSPipeline):
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
         channels_last: Union[bool, Tuple[bool, bool]] = False,
+        precision: Tuple[Optional[torch.dtype], Optional[torch.dtype]] = (None, None),
         fold_bn_at_test: bool = False,
         fold_frozen_bn: bool = False,
         location_offset: float = 0.5,
@@ -56,8 +57,13 @@ class FCOS(FCOSPipeline):
             pixel_mean, pixel_std: per-channel input normalisation.
             channels_last: (in training, at inference), or one bool for both: keep conv
                 weights and activations in NHWC memory format in that mode (same results up to float rounding;
-                see :mod:`fcos_d2.modeling.memory_format` for which is faster where).
-            fold_bn_at_test: at inference without autograd, run a copy of the backbone
+                see :mod:`fcos_d2.modeling.execution` for which is faster where).
+            precision: (in training, at inference) the dtype the backbone and head run
+                in under autocast (``torch.float16`` / ``torch.bfloat16``), None for
+                float32 (``SOLVER.AMP`` / ``TEST.AMP``, see
+                :mod:`fcos_d2.modeling.execution`); targets, losses and post-processing
+                compute in float32 either way.
+            fold_bn_at_test: in inference mode, run a copy of the backbone
                 with its BatchNorms folded into the preceding convolutions
                 (:func:`fcos_d2.modeling.fold_bn.fold_batchnorm`); same results up to
                 float rounding. The copy is rebuilt when the weights change.
@@ -91,6 +97,7 @@ class FCOS(FCOSPipeline):
         if isinstance(channels_last, bool):
             channels_last = (channels_last, channels_last)
         self.channels_last_modes = tuple(bool(x) for x in channels_last)
+        self.precision = tuple(precision)
         self.fold_bn_at_test = fold_bn_at_test
         self._folded_backbone = FoldedBatchNormCache()
         self._apply_memory_format()
@@ -99,6 +106,7 @@ class FCOS(FCOSPipeline):
     def from_config(cls, cfg):
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
+        policy = ExecutionPolicy.from_config(cfg)
         in_features = cfg.MODEL.FCOS.IN_FEATURES
         check_strides(shapes, in_features, cfg.MODEL.FCOS.FPN_STRIDES)
         return {
@@ -113,7 +121,8 @@ class FCOS(FCOSPipeline):
             "remove_empty_boxes": cfg.MODEL.FCOS.REMOVE_EMPTY_BOXES,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "channels_last": channels_last_modes(cfg),
+            "channels_last": policy.channels_last,
+            "precision": policy.precision,
             "fold_bn_at_test": cfg.MODEL.FCOS.FOLD_BN_AT_TEST,
             "fold_frozen_bn": cfg.MODEL.FCOS.FOLD_FROZEN_BN,
         }
@@ -138,6 +147,11 @@ class FCOS(FCOSPipeline):
         self._apply_memory_format()
         return self
 
+    @property
+    def autocast_dtype(self) -> Optional[torch.dtype]:
+        """The dtype the network runs in under autocast in the current mode (None: float32)."""
+        return self.precision[0 if self.training else 1]
+
     def _apply_memory_format(self) -> None:
         """Lay the conv weights out for the current mode (a no-op when they already are)."""
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -146,10 +160,9 @@ class FCOS(FCOSPipeline):
             self.to(memory_format=memory_format)
 
     def inference_backbone(self) -> Backbone:
-        """The backbone to run: its BatchNorm-folded copy at inference without autograd,
-        except while tracing (export, FLOP counting), where the real one is recorded."""
-        inference = not self.training and not torch.is_grad_enabled()
-        if self.fold_bn_at_test and inference and not torch.jit.is_tracing():
+        """The backbone to run: its BatchNorm-folded copy in inference mode, except
+        while tracing (export, FLOP counting), where the real one is recorded."""
+        if self.fold_bn_at_test and not self.training and not torch.jit.is_tracing():
             return self._folded_backbone.get(self.backbone)
         return self.backbone
 
@@ -171,8 +184,9 @@ class FCOS(FCOSPipeline):
             training: dict of losses; inference: per image {"instances": Instances}.
         """
         images = self.preprocess_image(batched_inputs)
-        features = self.inference_backbone()(images.tensor)
-        predictions = self.predict(features, tuple(images.tensor.shape[-2:]))
+        with autocast(self.device, self.autocast_dtype):  # the network; float32 after it
+            features = self.inference_backbone()(images.tensor)
+            predictions = self.predict(features, tuple(images.tensor.shape[-2:]))
         if self.training:
             return self.forward_training(predictions, batched_inputs)
         return self.forward_inference(predictions, images, batched_inputs)

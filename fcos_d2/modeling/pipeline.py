@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Instances
 
+from .execution import float32
 from .inference import FCOSPostProcessor
 from .losses import FCOSLosses
 from .targets import FCOSTargetAssigner, compute_locations
@@ -127,7 +128,9 @@ class FCOSPredictions:
         """From the feature maps (for their sizes) and the head's per-level
         (logits, box distances, centerness) maps of shape (N, C, Hl, Wl); the locations'
         ``location_offset`` and ``input_size`` as in :func:`level_locations`."""
-        logits, box_dists, ctrness = head_outputs
+        # Under autocast the head's maps may be float16 / bfloat16: everything after the
+        # head (targets, losses, decoding, NMS) computes in float32.
+        logits, box_dists, ctrness = ([m.float() for m in maps] for maps in head_outputs)
         return cls(
             locations=level_locations(features, strides, location_offset, input_size),
             strides=list(strides),
@@ -210,10 +213,15 @@ class FCOSPipeline(nn.Module):
         gt_instances: List[Instances],
         class_agnostic: bool = False,
     ) -> Dict[str, Tensor]:
-        """Assign targets for the batch and compute the three FCOS losses.
+        """Assign targets for the batch and compute the three FCOS losses, in float32
+        whatever the autocast state.
 
         With ``class_agnostic`` every ground-truth box counts as class 0 (objectness).
         """
+        with float32(predictions.logits[0].device):
+            return self._losses_of(predictions, gt_instances, class_agnostic)
+
+    def _losses_of(self, predictions, gt_instances, class_agnostic):
         gt_boxes, gt_classes, gt_crowd = [], [], []
         for inst in gt_instances:
             gt_boxes.append(inst.gt_boxes.tensor)
@@ -235,6 +243,7 @@ class FCOSPipeline(nn.Module):
         self, predictions: FCOSPredictions, image_sizes: List[Tuple[int, int]]
     ) -> List[Instances]:
         """Per image, the post-processed detections in input-image coordinates (with
-        the training post-processor in training mode)."""
+        the training post-processor in training mode), computed in float32."""
         postprocessor = self.postprocessor_train if self.training else self.postprocessor
-        return postprocessor(predictions, image_sizes)
+        with float32(predictions.logits[0].device):
+            return postprocessor(predictions, image_sizes)

@@ -1,0 +1,243 @@
+"""How the FCOS detector runs on this machine: memory format, BatchNorm folding and
+numeric precision, chosen in one place by one rule table.
+
+The rules (:data:`RULES`), first match wins per setting; "mode" is training or
+inference:
+
+============== ======== ===================== ============ ============
+setting        device   CPU has               training     inference
+============== ======== ===================== ============ ============
+memory format  cuda     --                    NHWC         NHWC
+memory format  cpu      AVX-512 (avx512f)     NHWC         NHWC
+memory format  cpu      --                    NCHW         NHWC
+precision      cuda     --                    float16      float32
+precision      cpu      AMX (amx_bf16)        bfloat16     bfloat16
+precision      cpu      --                    bfloat16     float32
+============== ======== ===================== ============ ============
+
+* Memory format (``MODEL.FCOS.MEMORY_FORMAT "auto"``): oneDNN's NHWC convolutions were
+  faster at inference on every CPU kind measured; in training only with AVX-512 (on an
+  AVX2-only CPU the NHWC backward pass was 1.19x slower); cuDNN's tensor cores take NHWC.
+* Precision (``"auto"`` of ``SOLVER.AMP.PRECISION`` and ``TEST.AMP.PRECISION``): the
+  reduced precision that autocast uses when AMP is enabled for that mode. Training with
+  ``SOLVER.AMP.ENABLED`` uses Detectron2's float16 on CUDA and bfloat16 on CPUs. At
+  inference ``TEST.AMP.ENABLED`` is on by default, and "auto" picks bfloat16 only where
+  it was measured faster than float32 with the same detections: CPUs with AMX bfloat16
+  units (R-50 FCOS inference 0.3x the float32 time). On CPUs without AMX (AVX-512 with
+  or without its bfloat16 extension, AVX2) bfloat16 convolutions were slower than float32
+  and "auto" keeps float32; on CUDA it keeps float32 until measured (set
+  ``TEST.AMP.PRECISION "float16"`` to use tensor cores). Figures in docs/benchmarks.md.
+* BatchNorm folding is not machine-dependent: ``MODEL.FCOS.FOLD_FROZEN_BN`` (every
+  forward) and ``MODEL.FCOS.FOLD_BN_AT_TEST`` (inference mode) are on by default.
+
+Whatever the precision, target assignment, losses, box decoding, centerness, clipping,
+NMS and proposal scores run in float32: the head's outputs leave autocast as float32
+(:meth:`fcos_d2.modeling.pipeline.FCOSPipeline.predict`).
+
+The policy follows the module's mode (``model.train()`` / ``model.eval()``), never
+global state such as ``torch.is_grad_enabled()``.
+"""
+import contextlib
+import functools
+import logging
+import platform
+from dataclasses import dataclass
+from typing import FrozenSet, Optional, Tuple
+
+import torch
+
+__all__ = [
+    "MEMORY_FORMATS",
+    "PRECISIONS",
+    "RULES",
+    "ExecutionPolicy",
+    "Rule",
+    "amp_dtype",
+    "auto_precision_modes",
+    "autocast",
+    "cpu_description",
+    "cpu_flags",
+    "device_type",
+    "float32",
+    "precision_modes",
+    "rule_for",
+    "vector_extensions",
+]
+
+logger = logging.getLogger(__name__)
+
+MEMORY_FORMATS = ("auto", "nchw", "nhwc")
+PRECISIONS = ("auto", "float16", "bfloat16", "float32")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of the table: on ``device`` (and a CPU with ``cpu_flag``, None: any), the
+    ``setting`` is ``training`` in training mode and ``inference`` at inference."""
+
+    setting: str  # "memory_format" or "precision"
+    device: str  # "cuda", "cpu", or "any"
+    cpu_flag: Optional[str]
+    training: str
+    inference: str
+
+
+RULES: Tuple[Rule, ...] = (
+    Rule("memory_format", "cuda", None, "nhwc", "nhwc"),
+    Rule("memory_format", "cpu", "avx512f", "nhwc", "nhwc"),
+    Rule("memory_format", "cpu", None, "nchw", "nhwc"),
+    Rule("memory_format", "any", None, "nchw", "nchw"),
+    Rule("precision", "cuda", None, "float16", "float32"),
+    Rule("precision", "cpu", "amx_bf16", "bfloat16", "bfloat16"),
+    Rule("precision", "cpu", None, "bfloat16", "float32"),
+    Rule("precision", "any", None, "float32", "float32"),
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _cpuinfo() -> Tuple[str, FrozenSet[str]]:
+    """(model name, flags) of the first CPU in ``/proc/cpuinfo``; ("", {}) without it."""
+    model, flags = "", frozenset()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not model:
+                    model = value.strip()
+                elif key in ("flags", "Features"):  # x86, ARM
+                    flags = frozenset(value.split())
+                    break
+    except OSError:
+        pass
+    return model, flags
+
+
+def cpu_flags() -> FrozenSet[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (e.g. "avx2", "avx512f",
+    "amx_bf16"); empty where there is no such file. Read once per process."""
+    return _cpuinfo()[1]
+
+
+def vector_extensions(flags: FrozenSet[str]) -> str:
+    """The x86 vector extensions that decide PyTorch's CPU speed and the rules, e.g.
+    "AVX2, AVX-512 (bf16), no AMX"."""
+    found = []
+    if "avx2" in flags:
+        found.append("AVX2")
+    if "avx512f" in flags:
+        found.append("AVX-512" + (" (bf16)" if "avx512_bf16" in flags else ""))
+    found.append("AMX" if "amx_tile" in flags else "no AMX")
+    return ", ".join(found)
+
+
+def cpu_description() -> str:
+    """The CPU's model and vector extensions, e.g. "AMD EPYC; AVX2, AVX-512 (bf16), no
+    AMX", for tables of timings."""
+    model = _cpuinfo()[0] or platform.processor() or platform.machine()
+    return f"{model}; {vector_extensions(cpu_flags())}"
+
+
+def device_type(device) -> str:
+    """"cuda", "cpu", ... of a device or a device string such as "cuda:1"."""
+    return torch.device(device).type
+
+
+def rule_for(setting: str, device, flags: Optional[FrozenSet[str]] = None) -> Rule:
+    """The first rule of :data:`RULES` for ``setting`` that matches ``device`` and the
+    CPU's ``flags`` (default: :func:`cpu_flags`)."""
+    kind = device_type(device)
+    flags = cpu_flags() if flags is None else flags
+    for rule in RULES:
+        if rule.setting != setting or rule.device not in (kind, "any"):
+            continue
+        if rule.cpu_flag is None or rule.cpu_flag in flags:
+            return rule
+    raise LookupError(f"no execution rule for {setting!r} on {device}")  # "any" rows: never
+
+
+def _check_choice(key: str, value, choices) -> str:
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise ValueError(f"{key} must be one of {choices}, got {value!r}")
+    return value.lower()
+
+
+def amp_dtype(
+    precision: str, device, training: bool, flags: Optional[FrozenSet[str]] = None,
+    key: str = "precision",
+) -> Optional[torch.dtype]:
+    """The autocast dtype of ``precision`` ("auto", "float16", "bfloat16", "float32") in
+    that mode on ``device``; None means float32 (no autocast). ``key`` names the config
+    key in errors."""
+    precision = _check_choice(key, precision, PRECISIONS)
+    if precision == "auto":
+        rule = rule_for("precision", device, flags)
+        precision = rule.training if training else rule.inference
+    return None if precision == "float32" else getattr(torch, precision)
+
+
+def autocast(device, dtype: Optional[torch.dtype]):
+    """``torch.autocast`` on ``device``'s type with ``dtype``; a no-op context for None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type(device), dtype=dtype)
+
+
+def float32(device):
+    """A context where autocast is off on ``device``'s type: what runs inside computes in
+    the dtypes of its inputs (float32 for the FCOS numerics)."""
+    return torch.autocast(device_type(device), enabled=False)
+
+
+@dataclass(frozen=True)
+class ExecutionPolicy:
+    """What :data:`RULES` and the config chose for a model, per mode."""
+
+    channels_last: Tuple[bool, bool] = (False, False)  # (training, inference)
+    precision: Tuple[Optional[torch.dtype], Optional[torch.dtype]] = (None, None)
+
+    @classmethod
+    def from_config(cls, cfg) -> "ExecutionPolicy":
+        """From ``MODEL.DEVICE``, ``MODEL.FCOS.MEMORY_FORMAT`` (and the deprecated
+        ``CHANNELS_LAST``), ``SOLVER.AMP.*`` and ``TEST.AMP.*``."""
+        from .memory_format import channels_last_modes  # the deprecated key's handling
+
+        return cls(channels_last=channels_last_modes(cfg), precision=precision_modes(cfg))
+
+    def dtype(self, training: bool) -> Optional[torch.dtype]:
+        return self.precision[0 if training else 1]
+
+    def uses_channels_last(self, training: bool) -> bool:
+        return self.channels_last[0 if training else 1]
+
+    def describe(self) -> str:
+        def name(dtype):
+            return "float32" if dtype is None else str(dtype).replace("torch.", "")
+
+        fmt = ["NHWC" if x else "NCHW" for x in self.channels_last]
+        return (
+            f"training {fmt[0]} {name(self.precision[0])}, "
+            f"inference {fmt[1]} {name(self.precision[1])}"
+        )
+
+
+def precision_modes(cfg) -> Tuple[Optional[torch.dtype], Optional[torch.dtype]]:
+    """(training, inference) autocast dtypes of a config: ``SOLVER.AMP`` and ``TEST.AMP``
+    (``ENABLED`` and ``PRECISION``) on ``MODEL.DEVICE``; None is float32."""
+    device = cfg.MODEL.DEVICE
+    modes = []
+    for key, training in (("SOLVER", True), ("TEST", False)):
+        node = cfg[key].AMP
+        precision = node.get("PRECISION", "auto")
+        dtype = amp_dtype(precision, device, training, key=f"{key}.AMP.PRECISION")
+        modes.append(dtype if node.ENABLED else None)
+    return tuple(modes)
+
+
+def auto_precision_modes(
+    device, train_amp: bool = False
+) -> Tuple[Optional[torch.dtype], Optional[torch.dtype]]:
+    """(training, inference) dtypes of the "auto" rule on ``device``, training in float32
+    unless ``train_amp``, for a LazyConfig's ``precision=``."""
+    train = amp_dtype("auto", device, training=True) if train_amp else None
+    return train, amp_dtype("auto", device, training=False)
