@@ -519,7 +519,7 @@ def test_runner_box_ap_equals_eager_on_demo_val(tmp_path, test_size):
     for d in dicts:
         image = detection_utils.read_image(d["file_name"], format=cfg.INPUT.FORMAT)
         eager += coco_results(d["image_id"], *eager_detections(model, image, resize))
-        image = runner.read_image(d["file_name"], cfg.INPUT.FORMAT)
+        image, _ = runner.read_image(d["file_name"], cfg.INPUT.FORMAT)
         deployed += coco_results(d["image_id"], *detector(image))
     json_file = ensure_demo_dataset(splits=("val",))["val"].json_file
     ap_eager, ap_deployed = coco_ap(json_file, eager), coco_ap(json_file, deployed)

@@ -10,12 +10,19 @@ target. The graph (written by ``tools/export_model.py --end-to-end``) does the r
 normalisation, network, decoding and NMS; this script reads images, feeds them in the
 channel order ``export_info.json`` names (RGB if that file is absent), and writes:
 
-* ``--output`` (JSON): ``{"model": ..., "classes": [names] or null, "images": [...]}``,
-  one entry per image file, in sorted file-name order: ``file``, ``height``, ``width``
-  and ``detections``, each ``{"box": [x0, y0, x1, y1] (the image's pixels), "score",
-  "class" (index), "class_name" (when export_info.json lists class names)}``, best
-  score first, only those with score >= ``--confidence-threshold``;
+* ``--output`` (JSON): ``{"model": ..., "classes": [names] or null, "images": [...],
+  "failed": [...]}``, one ``images`` entry per image read, in sorted file-name order:
+  ``file``, ``height``, ``width``, ``notes`` (conversions, e.g. a 16-bit image scaled to 8
+  bits) and ``detections``, each ``{"box": [x0, y0, x1, y1] (the image's pixels),
+  "score", "class" (index), "class_name" (when export_info.json lists class names)}``,
+  best score first, only those with score >= ``--confidence-threshold``;
 * ``--draw DIR``: each image with its boxes, class names and scores, as ``DIR/<file>``.
+
+Grayscale images are repeated over 3 channels and alpha channels dropped, as Detectron2's
+``read_image`` does. A file that cannot be used (not decodable, a truncated JPEG,
+floating-point pixels, or the model failing on it) is reported on stderr and in
+``failed`` (``{"file", "error"}``); the other files are still processed, and the exit
+status is 1.
 """
 import argparse
 import json
@@ -50,16 +57,46 @@ def load_info(model_path):
         return json.load(f)
 
 
+class BadImageError(Exception):
+    """A file that cannot be used as an image; the message names the file and says why."""
+
+
 def read_image(path, channel_order):
-    """uint8 (H, W, 3) in ``channel_order`` ("RGB" or "BGR")."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)  # BGR, EXIF orientation applied
+    """uint8 (H, W, 3) in ``channel_order`` ("RGB" or "BGR"), and the notes on what was
+    converted (an empty list for an 8-bit image).
+
+    As Detectron2's ``read_image``: grayscale is repeated over 3 channels, an alpha channel
+    dropped, the EXIF orientation applied. 16-bit images are scaled to 8 bits (x / 257).
+    Raises :class:`BadImageError` for files OpenCV cannot decode, truncated JPEGs and
+    floating-point images.
+    """
+    image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)  # BGR, depth kept
     if image is None:
-        raise SystemExit(f"cannot read image {path}")
+        raise BadImageError(
+            f"{path}: not an image OpenCV can decode (damaged, truncated or another kind of file)"
+        )
+    check_jpeg_complete(path)
+    notes = []
+    if image.dtype == np.uint16:
+        image = np.round(image / 257.0).astype(np.uint8)
+        notes.append("16-bit image scaled to 8 bits")
+    elif image.dtype != np.uint8:
+        raise BadImageError(f"{path}: {image.dtype} pixels; the model takes 8- or 16-bit images")
     if channel_order == "RGB":
         image = image[:, :, ::-1]
-    elif channel_order != "BGR":
-        raise SystemExit(f"export_info.json: unsupported input channel order {channel_order!r}")
-    return np.ascontiguousarray(image)
+    return np.ascontiguousarray(image), notes
+
+
+def check_jpeg_complete(path):
+    """Raise BadImageError for a JPEG whose end-of-image marker is missing: OpenCV decodes
+    such a truncated file with only a warning, the missing rows grey."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":  # not a JPEG
+            return
+        f.seek(max(os.path.getsize(path) - 64, 0))
+        tail = f.read()
+    if b"\xff\xd9" not in tail:
+        raise BadImageError(f"{path}: the JPEG data ends early (truncated file)")
 
 
 class Detector:
@@ -111,6 +148,19 @@ def draw(image_bgr, detections):
     return out
 
 
+def detect(detector, path, image, threshold, class_names):
+    """The image's detections as JSON entries; BadImageError naming the file when ONNX
+    Runtime fails on it."""
+    try:
+        boxes, scores, classes = detector(image)
+    except Exception as e:  # ONNX Runtime's errors share no public base class
+        height, width = image.shape[:2]
+        raise BadImageError(
+            f"{path}: the model failed on this {width}x{height} image: {type(e).__name__}: {e}"
+        ) from e
+    return detections_json(boxes, scores, classes, threshold, class_names)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model.onnx written with --end-to-end")
@@ -127,28 +177,40 @@ def main(argv=None):
     if info and not info.get("end_to_end", False):
         raise SystemExit(f"{args.model}: export_info.json describes a raw graph, not --end-to-end")
     channel_order = info.get("input", {}).get("channel_order", "RGB")
+    if channel_order not in ("RGB", "BGR"):
+        raise SystemExit(f"export_info.json: unsupported input channel order {channel_order!r}")
     class_names = info.get("class_names") or None
     detector = Detector(args.model, args.threads)
     if args.draw:
         os.makedirs(args.draw, exist_ok=True)
 
-    images = []
-    for path in list_images(args.input):
-        image = read_image(path, channel_order)
-        boxes, scores, classes = detector(image)
-        detections = detections_json(boxes, scores, classes, args.confidence_threshold, class_names)
+    images, failed = [], []
+    paths = list_images(args.input)
+    for index, path in enumerate(paths):
         name = os.path.basename(path)
-        images.append(
-            {"file": name, "height": image.shape[0], "width": image.shape[1],
-             "detections": detections}
-        )
+        try:
+            image, notes = read_image(path, channel_order)
+            detections = detect(detector, path, image, args.confidence_threshold, class_names)
+        except BadImageError as e:
+            failed.append({"file": name, "error": str(e)})
+            print(f"[{index + 1}/{len(paths)}] FAILED {e}", file=sys.stderr, flush=True)
+            continue
+        images.append({"file": name, "height": image.shape[0], "width": image.shape[1],
+                       "notes": notes, "detections": detections})
         if args.draw:
             bgr = image[:, :, ::-1] if channel_order == "RGB" else image
             cv2.imwrite(os.path.join(args.draw, name), draw(bgr, detections))
+        print(f"[{index + 1}/{len(paths)}] {name}: {len(detections)} detections"
+              + "".join(f"; {n}" for n in notes), flush=True)
     with open(args.output, "w") as f:
-        json.dump({"model": args.model, "classes": class_names, "images": images}, f, indent=1)
+        json.dump({"model": args.model, "classes": class_names, "images": images,
+                   "failed": failed}, f, indent=1)
     print(f"{len(images)} images, {sum(len(i['detections']) for i in images)} detections "
           f"-> {args.output}")
+    if failed:
+        print(f"{len(failed)} of {len(paths)} files failed: "
+              + ", ".join(f["file"] for f in failed), file=sys.stderr)
+        return 1
     return 0
 
 
