@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 #: The keys a SPEC may have, per format.
 SPEC_KEYS = {"coco": ("name", "json", "images"), "voc": ("name", "voc", "split", "classes", "year")}
+#: The keys whose values are paths.
+PATH_KEYS = ("json", "images", "voc", "classes")
 #: How many offending names an error message lists.
 _LISTED = 5
 
@@ -74,7 +76,8 @@ def parse_dataset_spec(text: str) -> DatasetSpec:
             raise ValueError(f"--dataset {text!r}: {part!r} is not key=value")
         if key in fields:
             raise ValueError(f"--dataset {text!r}: {key!r} is given twice")
-        fields[key] = value
+        # "~" is not expanded by the shell inside name=...,json=~/...: expand it here
+        fields[key] = os.path.expanduser(value) if key in PATH_KEYS else value
     if "json" in fields and "voc" in fields:
         raise ValueError(f"--dataset {text!r}: give json=... (COCO) or voc=... (VOC), not both")
     fmt = "voc" if "voc" in fields else "coco"
@@ -278,8 +281,7 @@ def num_classes_from_datasets(cfg, registered: Sequence[str], explicit_keys: Seq
     if len(set(counts.values())) > 1:
         raise ValueError(f"The datasets {names} have different class counts {counts}")
     count = next(iter(counts.values()))
-    if count != current:
-        logger.info(f"{key} {count}, from dataset {names[0]!r} (the config has {current})")
+    logger.info(f"{key} {count}, from dataset {names[0]!r} (the config file has {current})")
     cfg.merge_from_list([key, count])
     return key, count
 

@@ -15,6 +15,7 @@ from .losses import FCOSLosses
 from .execution import ExecutionPolicy, autocast
 from .pipeline import FCOSPipeline, check_strides
 from .targets import FCOSTargetAssigner
+from .visualize import should_visualize, visualize_training
 
 __all__ = ["FCOS"]
 
@@ -46,6 +47,8 @@ class FCOS(FCOSPipeline):
         location_offset: float = 0.5,
         spacing_from_input: bool = False,
         remove_empty_boxes: bool = True,
+        vis_period: int = 0,
+        input_format: str = "BGR",
     ):
         """
         Args:
@@ -77,6 +80,9 @@ class FCOS(FCOSPipeline):
             remove_empty_boxes: drop detections whose box is empty after clipping (in
                 the post-processor and when rescaling to the output size, as Detectron2's
                 ``detector_postprocess``); False keeps them, as torchvision.
+            vis_period, input_format: ``VIS_PERIOD`` (0: never) and ``INPUT.FORMAT``: in a
+                trainer, every ``vis_period`` iterations one image with its ground truth
+                and top detections goes to the event storage (TensorBoard).
         """
         super().__init__(
             head=head,
@@ -92,6 +98,8 @@ class FCOS(FCOSPipeline):
             fold_frozen_batchnorm_per_forward(backbone)
         self.backbone = backbone
         self.remove_empty_boxes = remove_empty_boxes
+        self.vis_period = vis_period  # draw ground truth and detections every N iterations
+        self.input_format = input_format
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         if isinstance(channels_last, bool):
@@ -125,6 +133,8 @@ class FCOS(FCOSPipeline):
             "precision": policy.precision,
             "fold_bn_at_test": cfg.MODEL.FCOS.FOLD_BN_AT_TEST,
             "fold_frozen_bn": cfg.MODEL.FCOS.FOLD_FROZEN_BN,
+            "vis_period": cfg.VIS_PERIOD,
+            "input_format": cfg.INPUT.FORMAT,
         }
 
     @property
@@ -193,6 +203,8 @@ class FCOS(FCOSPipeline):
 
     def forward_training(self, predictions, batched_inputs) -> Dict[str, Tensor]:
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        if should_visualize(self.vis_period):
+            visualize_training(self, predictions, batched_inputs, self.input_format)
         return self.losses_of(predictions, gt_instances)
 
     def forward_inference(

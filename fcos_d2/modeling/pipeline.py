@@ -26,6 +26,7 @@ from .execution import float32
 from .inference import FCOSPostProcessor
 from .losses import FCOSLosses
 from .targets import FCOSTargetAssigner, compute_locations
+from .visualize import log_positive_locations
 
 __all__ = ["FCOSPredictions", "FCOSPipeline", "check_strides", "level_locations"]
 
@@ -231,6 +232,7 @@ class FCOSPipeline(nn.Module):
         labels, reg_targets = self.target_assigner(
             predictions.locations, predictions.strides, gt_boxes, gt_classes, gt_crowd
         )
+        log_positive_locations(labels, self.target_assigner.num_classes)
         return self.losses(
             torch.cat(predictions.logits, dim=1),  # (N, R, K)
             torch.cat(predictions.box_dists, dim=1),  # (N, R, 4)
