@@ -9,6 +9,7 @@ build ``fcos_resnet50_fpn(weights=None, weights_backbone=None)`` (nothing downlo
 tests/test_torchvision_oracle.py compares the converted model's detections with it.
 """
 import copy
+import dataclasses
 import math
 import pickle
 
@@ -22,10 +23,14 @@ from detectron2.modeling import build_model
 
 from conftest import load_script, tiny_cfg
 from fcos_d2.checkpoint import (
+    SOURCE_FORMATS,
     ConversionError,
+    FCOSCheckpointer,
     coco_contiguous_category_ids,
     convert_reference_checkpoint,
     load_reference_checkpoint,
+    recognise_source,
+    register_source,
     save_converted_checkpoint,
 )
 
@@ -394,6 +399,92 @@ def test_refuses_unknown_missing_and_misshapen_keys():
         convert_reference_checkpoint(state, "mmdet")
 
 
+def test_rename_table_groups_each_module_with_its_shapes():
+    """One row per module, as Detectron2 logs its own renames: fcos_d2's names, the
+    source's, the shapes."""
+    _, summary = convert_reference_checkpoint(
+        mb_reference_model().state_dict(), "maskrcnn_benchmark"
+    )
+    lines = summary.table().splitlines()
+    assert [c.strip() for c in lines[0].split("|")[1:4]] == [
+        "fcos_d2", "maskrcnn_benchmark", "shapes"
+    ]
+    rows = [[c.strip() for c in line.split("|")[1:4]] for line in lines[2:]]
+    stats = "{weight,bias,running_mean,running_var}"
+    assert [
+        f"backbone.bottom_up.res2.0.conv1.norm.{stats}", f"backbone.body.layer1.0.bn1.{stats}",
+        "(8,) (8,) (8,) (8,)",
+    ] in rows
+    assert ["head.ctrness.{weight,bias}", "rpn.head.centerness.{weight,bias}",
+            "(1,64,3,3) (1,)"] in rows
+    # the second conv of a GroupNorm tower is the Sequential's fourth module
+    assert ["head.cls_tower.convs.1.{weight,bias}", "rpn.head.cls_tower.3.{weight,bias}",
+            "(64,64,3,3) (64,)"] in rows
+    # every converted tensor appears once
+    assert len(summary.renamed) == summary.num_converted == len(mb_reference_model().state_dict())
+
+
+def test_a_registered_source_is_converted_by_its_record():
+    """A source is one record: the same rules under another name convert the same."""
+    fmt = SOURCE_FORMATS["maskrcnn_benchmark"]
+    with pytest.raises(ValueError, match="already registered"):
+        register_source(fmt)
+    register_source(dataclasses.replace(fmt, name="maskrcnn_benchmark_copy"))
+    try:
+        state = mb_reference_model().state_dict()
+        ours, summary = convert_reference_checkpoint(state, "maskrcnn_benchmark_copy")
+        theirs, _ = convert_reference_checkpoint(state, "maskrcnn_benchmark")
+        assert summary.source == "maskrcnn_benchmark_copy" and list(ours) == list(theirs)
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    finally:
+        SOURCE_FORMATS.pop("maskrcnn_benchmark_copy")
+
+
+def test_checkpointer_converts_reference_files_at_load(tmp_path):
+    """MODEL.WEIGHTS may name the reference file: FCOSCheckpointer recognises it, converts
+    it against the model, and loads what the converter writes; fcos_d2 files pass as they
+    are."""
+    ref = mb_reference_model()
+    src = str(tmp_path / "fcos_mb.pth")
+    torch.save({"model": {f"module.{k}": v for k, v in ref.state_dict().items()}}, src)
+    direct, converted_first = build_model(mb_cfg()).eval(), build_model(mb_cfg()).eval()
+    assert recognise_source(torch.load(src)["model"]) == "maskrcnn_benchmark"
+    FCOSCheckpointer(direct).load(src)
+    out = str(tmp_path / "converted.pth")
+    converted, _ = convert_reference_checkpoint(
+        load_reference_checkpoint(src), "maskrcnn_benchmark", converted_first.state_dict()
+    )
+    save_converted_checkpoint(converted, out, "maskrcnn_benchmark")
+    load_with_checkpointer(converted_first, out)
+    for key, value in converted_first.state_dict().items():
+        assert torch.equal(direct.state_dict()[key], value), key
+    # an fcos_d2 checkpoint (here the converted one) is not a reference file
+    assert recognise_source(read_converted_file(out)) is None
+    again = build_model(mb_cfg()).eval()
+    FCOSCheckpointer(again).load(out)
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in direct.state_dict().items())
+    # a model of another config: the error names the file and the keys
+    cfg = mb_cfg()
+    cfg.MODEL.FCOS.NUM_CLS_CONVS = 1
+    with pytest.raises(ConversionError, match=r"(?s)fcos_mb\.pth.*cls_tower\.convs\.1\.weight"):
+        FCOSCheckpointer(build_model(cfg)).load(src)
+
+
+def test_checkpointer_fine_tunes_from_torchvision_weights(tv_state, tmp_path):
+    """torchvision's own file (a bare state dict) as MODEL.WEIGHTS of a 3-class model:
+    everything but the class logits, which keep the model's initialisation."""
+    src = str(tmp_path / "fcos_tv.pth")
+    torch.save(tv_state, src)
+    cfg = fcos_d2.setup_cfg(TV_CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.FCOS.NUM_CLASSES", "3"])
+    model = build_model(cfg)
+    initial_logits = model.head.cls_logits.bias.clone()
+    FCOSCheckpointer(model).load(src)
+    full, _ = convert_reference_checkpoint(tv_state, "torchvision")
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in full.items() if "cls_logits" not in k)
+    assert torch.equal(model.head.cls_logits.bias, initial_logits)
+
+
 def load_cli():
     return load_script("tools/convert_weights.py")
 
@@ -491,7 +582,8 @@ def test_torchvision_classes_become_detectron2_coco_classes(tv_state):
     assert weight.shape[0] == 80 and bias.shape == (80,)
     for name in ("person", "bicycle", "stop sign", "toothbrush"):
         ours, theirs = d2_names.index(name), tv_names.index(name)
-        assert torch.equal(weight[ours], tv_state["head.classification_head.cls_logits.weight"][theirs])
+        tv_weight = tv_state["head.classification_head.cls_logits.weight"]
+        assert torch.equal(weight[ours], tv_weight[theirs])
         assert bias[ours] == tv_state["head.classification_head.cls_logits.bias"][theirs]
     # by index: person is id 1 and class 0; stop sign id 13 (after the unused id 12) class
     # 11; toothbrush id 90 and class 79
@@ -547,7 +639,8 @@ def test_torchvision_refuses_other_models(tv_state):
     with pytest.raises(ConversionError, match=r"(?s)missing weight.*head\.ctrness\.weight"):
         convert_reference_checkpoint(retinanet, "torchvision")
     classifier = {f"backbone.body.{k}": v for k, v in resnet50().state_dict().items()}
-    with pytest.raises(ConversionError, match=r"(?s)map to no fcos_d2 weight.*backbone\.body\.fc\.weight"):
+    unmapped_fc = r"(?s)map to no fcos_d2 weight.*backbone\.body\.fc\.weight"
+    with pytest.raises(ConversionError, match=unmapped_fc):
         convert_reference_checkpoint(classifier, "torchvision")
     # a torchvision file read as another source's, and the other way round
     with pytest.raises(ConversionError, match="--source torchvision"):

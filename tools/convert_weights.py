@@ -7,15 +7,19 @@ torchvision's FCOS into a file that fcos_d2's FCOS loads with ``MODEL.WEIGHTS``.
     python tools/convert_weights.py --source maskrcnn_benchmark \\
         --input FCOS_imprv_R_50_FPN_1x.pth --output fcos_imprv_R_50.pth \\
         --config-file configs/COCO-Detection/FCOS_R_50_1x.yaml MODEL.FCOS.NUM_CLASSES 80
-    python tools/convert_weights.py --source torchvision \
+    python tools/convert_weights.py --source torchvision \\
         --input fcos_tv.pth --output fcos_R_50_torchvision.pth
 
-Prints how many tensors each part of the model received and the config values the
-weights imply. With ``--config-file`` (and trailing ``KEY VALUE`` opts) the result is
-also checked against the model that config builds: no missing or unexpected weights, equal
-shapes; the config's ``MODEL.FCOS.NUM_CLASSES`` is the number of classes wanted (when it
-differs from the checkpoint's, everything but the class logits is converted, for
-fine-tuning). Writes ``.pth`` (torch) or ``.pkl`` (Detectron2's pickle format).
+Prints the renames (fcos_d2's names, the source's and the shapes, one row per module), how
+many tensors each part of the model received and the config values the weights imply. With
+``--config-file`` (and trailing ``KEY VALUE`` opts) the result is also checked against the
+model that config builds: no missing or unexpected weights, equal shapes; the config's
+``MODEL.FCOS.NUM_CLASSES`` is the number of classes wanted (when it differs from the
+checkpoint's, everything but the class logits is converted, for fine-tuning). Writes
+``.pth`` (torch) or ``.pkl`` (Detectron2's pickle format).
+
+Converting first is optional: ``MODEL.WEIGHTS`` may name the reference file itself, which
+``fcos_d2.checkpoint.FCOSCheckpointer`` (train_net.py, the trainer) converts while loading.
 """
 import argparse
 import os
@@ -23,7 +27,7 @@ import sys
 
 import fcos_d2  # registers FCOS in Detectron2; setup_cfg
 from fcos_d2.checkpoint import (
-    SOURCES,
+    SOURCE_FORMATS,
     ConversionError,
     convert_reference_checkpoint,
     load_reference_checkpoint,
@@ -47,7 +51,7 @@ def _shell_word(text: str) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--source", required=True, choices=SOURCES)
+    parser.add_argument("--source", required=True, choices=tuple(SOURCE_FORMATS))
     parser.add_argument("--input", required=True, help="the reference checkpoint (.pth)")
     parser.add_argument("--output", required=True, help="converted file, .pth or .pkl")
     parser.add_argument(
@@ -74,6 +78,7 @@ def main(argv=None) -> int:
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    print(summary.table())
     print(summary.format())
     if model_state is not None:
         print(f"Checked against {args.config_file}: the model has all {len(converted)} tensors, "
