@@ -31,6 +31,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.structures import BoxMode
 
+from fcos_d2.data.register import register_dataset
 from fcos_d2.modeling.targets import FCOSTargetAssigner, compute_locations
 
 
@@ -191,7 +192,8 @@ def format_table(results: Dict[Tuple[str, bool], Counts]) -> str:
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True, help="a registered dataset name")
+    parser.add_argument("--dataset", required=True,
+                        help="a registered dataset name, or a SPEC as train_net.py --dataset")
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--max-images", type=int, default=0, help="0: all images")
     parser.add_argument(
@@ -205,6 +207,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> str:
     args = parse_args(argv)
     cfg = fcos_d2.setup_cfg(args.config_file, args.opts)
+    if "=" in args.dataset:  # a dataset folder: name=N,json=FILE,images=DIR or a VOC SPEC
+        args.dataset = register_dataset(args.dataset)
     records = DatasetCatalog.get(args.dataset)
     if args.max_images:
         records = records[: args.max_images]
