@@ -95,3 +95,18 @@ def test_proposal_generator_and_meta_arch_agree_on_the_same_weights(seeded):
     assert len(detections) == 30
     assert torch.allclose(proposals[0].proposal_boxes.tensor, detections.pred_boxes.tensor)
     assert torch.allclose(proposals[0].objectness_logits.sigmoid(), detections.scores, atol=1e-5)
+
+
+def test_objectness_logits_give_the_fcos_score_back_exactly():
+    """sigmoid(objectness_logits) is the proposal's FCOS score, 0 and 1 included (what the
+    probabilistic ROI heads read as P(object))."""
+    from detectron2.structures import Boxes, Instances
+
+    detections = Instances((20, 30))
+    detections.pred_boxes = Boxes(torch.tensor([[0.0, 0, 9, 9], [1, 1, 8, 8], [2, 2, 7, 7]]))
+    detections.scores = torch.tensor([1.0, 0.3, 0.0])
+    proposals = FCOSProposalGenerator.to_proposals(detections)
+    probs = proposals.objectness_logits.sigmoid()
+    assert probs[0] == 1.0 and probs[2] == 0.0
+    assert torch.allclose(probs[1], torch.tensor(0.3))
+    assert proposals.proposal_boxes is detections.pred_boxes

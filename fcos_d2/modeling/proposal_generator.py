@@ -25,6 +25,13 @@ class FCOSProposalGenerator(FCOSPipeline):
     ``proposal_boxes`` (in the padded input's coordinates, clipped to the image) and
     ``objectness_logits`` (sorted, highest first), plus the FCOS losses in training.
     Registered as ``PROPOSAL_GENERATOR_REGISTRY["FCOS"]`` (see :func:`FCOS` below).
+
+    The proposals' object probability is the FCOS score of the class-agnostic head,
+    P(object) = sqrt(cls * ctr) (cls * ctr with ``MODEL.FCOS.SCORE_SQRT: False``): the
+    focal-loss "object here" probability times the predicted centerness, the confidence the
+    one-stage FCOS ranks and is evaluated with. ``objectness_logits`` is its logit, so
+    that sigmoid(objectness_logits) gives it back (P(object) = 0 is -inf), Detectron2's
+    convention; the probabilistic ROI heads (:mod:`fcos_d2.modeling.roi_heads`) read it so.
     """
 
     @configurable
@@ -117,10 +124,11 @@ class FCOSProposalGenerator(FCOSPipeline):
 
     @staticmethod
     def to_proposals(detections: Instances) -> Instances:
-        """Detections (sorted by score) -> ``proposal_boxes`` + ``objectness_logits``."""
+        """Detections (sorted by score) -> ``proposal_boxes`` + ``objectness_logits``,
+        the logit of the score (no clamping: sigmoid gives the score back, 0 and 1 too)."""
         proposals = Instances(detections.image_size)
         proposals.proposal_boxes = detections.pred_boxes
-        proposals.objectness_logits = torch.logit(detections.scores, eps=1e-6)
+        proposals.objectness_logits = torch.logit(detections.scores)
         return proposals
 
 
