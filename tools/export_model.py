@@ -18,8 +18,11 @@ the already-resized image). Without ``--end-to-end`` the graph is the raw one
 post-processing runs in Python with ``fcos_d2.export.postprocess``.
 
 Writes ``model.onnx`` or ``model.ts`` and ``export_info.json`` (input, outputs, class
-names, normalisation and post-processing settings), then checks the exported graph
-against the eager model on the sample image (ONNX with onnxruntime).
+names, normalisation, and every setting after the network that changes the detections:
+location rule, post-processing, rescaling -- read from the model's modules), then checks
+the exported graph against the eager model on the sample image (ONNX with onnxruntime).
+Exported graphs compute in float32: the eager model is built with TEST.AMP off for the
+check.
 """
 import argparse
 import json
@@ -42,6 +45,7 @@ from fcos_d2.export import (
     export_onnx,
     export_torchscript,
     output_names,
+    output_options,
     preprocess,
 )
 
@@ -77,7 +81,6 @@ def class_names(cfg, num_classes: int):
 
 
 def export_info(cfg, model, args, path: str) -> dict:
-    post = model.postprocessor
     if args.end_to_end:
         resize = None if args.no_resize else resize_setting(cfg)
         inputs = {
@@ -97,8 +100,8 @@ def export_info(cfg, model, args, path: str) -> dict:
             "resize_test": [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST],
         }
         outputs = output_names(model)
-    inputs["pixel_mean"] = list(cfg.MODEL.PIXEL_MEAN)
-    inputs["pixel_std"] = list(cfg.MODEL.PIXEL_STD)
+    inputs["pixel_mean"] = model.pixel_mean.flatten().tolist()
+    inputs["pixel_std"] = model.pixel_std.flatten().tolist()
     return {
         "format": args.format,
         "file": os.path.basename(path),
@@ -110,14 +113,8 @@ def export_info(cfg, model, args, path: str) -> dict:
         "strides": list(model.strides),
         "num_classes": model.head.num_classes,
         "class_names": class_names(cfg, model.head.num_classes),
-        "postprocess": {
-            "score_thresh": post.score_thresh,
-            "pre_nms_topk": post.pre_nms_topk,
-            "post_nms_topk": post.post_nms_topk,
-            "nms_thresh": post.nms_thresh,
-            "thresh_with_ctr": post.thresh_with_ctr,
-            "score_sqrt": post.score_sqrt,
-        },
+        "precision": "float32",
+        **output_options(model),
     }
 
 
@@ -206,7 +203,10 @@ def main(argv=None) -> int:
     if args.no_resize and not args.end_to_end:
         parser.error("--no-resize applies to --end-to-end graphs only")
 
-    cfg = fcos_d2.setup_cfg(args.config_file, args.opts + ["MODEL.DEVICE", "cpu"])
+    # the graphs are traced in float32: the eager reference runs in float32 too
+    cfg = fcos_d2.setup_cfg(
+        args.config_file, args.opts + ["MODEL.DEVICE", "cpu", "TEST.AMP.ENABLED", "False"]
+    )
     model = build_model(cfg).eval()
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     os.makedirs(args.output, exist_ok=True)

@@ -12,9 +12,10 @@
 * backbone, head, and the model's own post-processing for one image
   (:meth:`FCOSPostProcessor.detect_image`: per-level threshold and top-k, decoding,
   clipping, class-aware NMS, post-NMS top-k) -- the code eager inference runs;
-* boxes scaled back to the input image and clipped as Detectron2's
-  ``detector_postprocess`` does (empty ones dropped unless ``MODEL.FCOS.REMOVE_EMPTY_BOXES``
-  is off, as in eager inference);
+* boxes scaled back to the input image and clipped by the function eager inference
+  rescales with (:func:`~fcos_d2.modeling.inference.rescale_boxes`, Detectron2's
+  ``detector_postprocess`` arithmetic; empty ones dropped unless
+  ``MODEL.FCOS.REMOVE_EMPTY_BOXES`` is off);
 * outputs ``boxes`` (D, 4) float32 XYXY, ``scores`` (D,) float32 (best first),
   ``classes`` (D,) int64.
 """
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.onnx.operators import shape_as_tensor
 
-from ..modeling.inference import clip_boxes
+from ..modeling.inference import rescale_boxes
 from .raw import trace_to_onnx
 from .resize import resize_bilinear, resized_size
 
@@ -43,15 +44,6 @@ def pad_to_multiple(image: Tensor, divisor: int) -> Tensor:
     padded = torch.div(size + (divisor - 1), divisor, rounding_mode="floor") * divisor
     extra = padded - size
     return nn.functional.pad(image, [0, extra[1], 0, extra[0]], value=0.0)
-
-
-def rescale_boxes(boxes: Tensor, from_size: Tensor, to_size: Tensor) -> Tensor:
-    """(D, 4) boxes in an image of ``from_size`` -> in one of ``to_size`` ((2,) int64
-    height, width), clipped: Detectron2's ``detector_postprocess`` arithmetic (the scale
-    in float64, applied in float32)."""
-    scale = (to_size.double() / from_size.double()).float()  # (2,) y, x
-    boxes = boxes * torch.stack([scale[1], scale[0], scale[1], scale[0]])
-    return clip_boxes(boxes, (to_size[0], to_size[1]))
 
 
 class FCOSEndToEnd(nn.Module):
@@ -88,12 +80,11 @@ class FCOSEndToEnd(nn.Module):
         boxes, scores, classes = self.model.postprocessor.detect_image(
             predictions, 0, (input_size[0], input_size[1])
         )
-        if self.resize is not None:
-            boxes = rescale_boxes(boxes, input_size, original)
-            if getattr(self.model, "remove_empty_boxes", True):  # as postprocess_to_original
-                widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-                keep = (widths > 0) & (heights > 0)  # detector_postprocess's nonempty()
-                boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+        if self.resize is not None:  # to the original image, as eager inference rescales
+            boxes, keep = rescale_boxes(
+                boxes, input_size, original, remove_empty=self.model.remove_empty_boxes
+            )
+            boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
         return boxes, scores, classes
 
 

@@ -14,21 +14,22 @@ What the exported graph contains -- :class:`FCOSRawOutputs`:
                                    after the level's scale and ReLU (exp with USE_RELU off)
       ctrness_<l> (N, 1, Hl, Wl)   centerness logits
 
-:func:`postprocess` turns these into detections in Python with the model's own
-post-processing and Detectron2's rescaling, for batches; the end-to-end graph
+:func:`postprocess` turns these into detections in Python with the model's own steps
+after the head (locations, post-processing, rescaling), for batches; the end-to-end graph
 (:mod:`fcos_d2.export.end_to_end`) has them inside instead.
 """
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+import inspect
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from detectron2.structures import ImageList, Instances
 
-from ..modeling.pipeline import FCOSPredictions
 
 __all__ = [
     "FCOSRawOutputs",
+    "output_options",
     "output_names",
     "preprocess",
     "postprocess",
@@ -60,6 +61,24 @@ def output_names(model: nn.Module) -> List[str]:
     return [f"{kind}_{level}" for kind in ("logits", "box", "ctrness") for level in levels]
 
 
+def output_options(model: nn.Module) -> Dict[str, Any]:
+    """Every setting of ``model`` after the network that changes its detections, read from
+    the modules that use them (for ``export_info.json``): where the locations sit
+    (the pipeline's ``location_offset`` / ``spacing_from_input``), each constructor
+    argument of the post-processor (thresholds, top-k, NMS, score and box rules), and
+    whether rescaling drops empty boxes."""
+    post = model.postprocessor
+    names = [n for n in inspect.signature(type(post).__init__).parameters if n != "self"]
+    return {
+        "locations": {
+            "location_offset": model.location_offset,
+            "spacing_from_input": model.spacing_from_input,
+        },
+        "postprocess": {name: getattr(post, name) for name in names},
+        "rescale": {"remove_empty_boxes": model.remove_empty_boxes},
+    }
+
+
 def preprocess(model: nn.Module, batched_inputs: List[Dict[str, Tensor]]) -> ImageList:
     """Detectron2-format inputs -> the normalised, padded batch the exported graph takes."""
     with torch.no_grad():
@@ -70,14 +89,18 @@ def postprocess(
     model: nn.Module,
     outputs: Sequence[Tensor],
     image_sizes: List[Tuple[int, int]],
+    input_size: Tuple[int, int],
     batched_inputs: Optional[List[Dict[str, Tensor]]] = None,
 ) -> List[Dict[str, Instances]]:
     """The exported graph's outputs -> per image ``{"instances": Instances}``, as
-    ``model(batched_inputs)`` gives them in eval mode.
+    ``model(batched_inputs)`` gives them in eval mode: the model's own steps after the head
+    (``predictions_of``: locations by ``MODEL.FCOS.LOCATION_OFFSET`` and
+    ``SPACING_FROM_INPUT``; ``forward_inference``: post-processing and rescaling).
 
     Args:
         outputs: the graph's outputs in order (see :func:`output_names`).
         image_sizes: per image, its (height, width) before padding (``ImageList``'s).
+        input_size: the (height, width) of the padded batch the graph ran on.
         batched_inputs: for each image's requested output size ("height"/"width");
             without it, detections stay in input coordinates.
     """
@@ -89,11 +112,10 @@ def postprocess(
         list(outputs[num_levels: 2 * num_levels]),
         list(outputs[2 * num_levels:]),
     )
-    predictions = FCOSPredictions.from_head(head_outputs[0], model.strides, head_outputs)
-    results = model.detect(predictions, image_sizes)
+    predictions = model.predictions_of(head_outputs, tuple(int(s) for s in input_size))
     if batched_inputs is None:
         batched_inputs = [{} for _ in image_sizes]
-    return model.postprocess_to_original(results, batched_inputs, image_sizes)
+    return model.forward_inference(predictions, image_sizes, batched_inputs)
 
 
 def run_exported(
@@ -106,11 +128,13 @@ def run_exported(
     :func:`postprocess`."""
     images = preprocess(model, batched_inputs)
     outputs = [torch.as_tensor(o) for o in run(images.tensor)]
-    return postprocess(model, outputs, images.image_sizes, batched_inputs)
+    return postprocess(
+        model, outputs, images.image_sizes, tuple(images.tensor.shape[-2:]), batched_inputs
+    )
 
 
 def _check_exportable(model: nn.Module) -> None:
-    for attr in ("backbone", "head", "head_in_features", "postprocessor", "strides"):
+    for attr in ("backbone", "head", "head_in_features", "predictions_of", "forward_inference"):
         if not hasattr(model, attr):
             raise TypeError(
                 f"export supports the one-stage fcos_d2 FCOS detector; {type(model).__name__} "

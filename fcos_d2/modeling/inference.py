@@ -14,7 +14,7 @@ from detectron2.utils.logger import log_every_n_seconds
 if TYPE_CHECKING:  # pipeline imports this module
     from .pipeline import FCOSPredictions
 
-__all__ = ["FCOSPostProcessor", "decode_boxes", "clip_boxes", "to_instances"]
+__all__ = ["FCOSPostProcessor", "decode_boxes", "clip_boxes", "rescale_boxes", "to_instances"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,35 @@ def clip_boxes(boxes: Tensor, image_size: Size) -> Tensor:
     height, width = (torch.as_tensor(s, dtype=boxes.dtype, device=boxes.device) for s in image_size)
     upper = torch.stack([width, height, width, height])
     return torch.minimum(boxes.clamp(min=0), upper)
+
+
+def rescale_boxes(
+    boxes: Tensor,
+    from_size: Union[Tuple[int, int], Tensor],
+    to_size: Union[Tuple[int, int], Tensor],
+    remove_empty: bool,
+) -> Tuple[Tensor, Tensor]:
+    """(M, 4) XYXY boxes in an image of ``from_size`` -> in one of ``to_size``, clipped to
+    it, as Detectron2's ``detector_postprocess`` does (the scale computed in float64,
+    applied in the boxes' dtype); eager inference and the exported graphs call this.
+
+    Args:
+        from_size, to_size: (height, width), Python ints or (2,) int64 tensors (an
+            exported graph's dynamic sizes).
+        remove_empty: whether the returned mask drops the boxes left with no area
+            (``detector_postprocess`` drops them; torchvision keeps them).
+    Returns:
+        the (M, 4) boxes and an (M,) bool mask of those to keep.
+    """
+    to_size = to_size if isinstance(to_size, Tensor) else torch.tensor(to_size)
+    from_size = from_size if isinstance(from_size, Tensor) else torch.tensor(from_size)
+    scale = (to_size.double() / from_size.double()).to(boxes.dtype)  # (2,) y, x
+    boxes = boxes * torch.stack([scale[1], scale[0], scale[1], scale[0]])
+    boxes = clip_boxes(boxes, (to_size[0], to_size[1]))
+    if not remove_empty:
+        return boxes, torch.ones_like(boxes[:, 0], dtype=torch.bool)
+    widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    return boxes, (widths > 0) & (heights > 0)  # Detectron2's Boxes.nonempty()
 
 
 def to_instances(

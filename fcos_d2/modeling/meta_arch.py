@@ -5,12 +5,12 @@ import torch
 from torch import Tensor
 
 from detectron2.config import configurable
-from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, detector_postprocess
-from detectron2.structures import ImageList, Instances
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.structures import Boxes, ImageList, Instances
 
 from .fold_bn import FoldedBatchNormCache, fold_frozen_batchnorm_per_forward
 from .head import FCOSHead
-from .inference import FCOSPostProcessor
+from .inference import FCOSPostProcessor, rescale_boxes
 from .losses import FCOSLosses
 from .execution import ExecutionPolicy, autocast
 from .pipeline import FCOSPipeline, check_strides
@@ -199,7 +199,7 @@ class FCOS(FCOSPipeline):
             predictions = self.predict(features, tuple(images.tensor.shape[-2:]))
         if self.training:
             return self.forward_training(predictions, batched_inputs)
-        return self.forward_inference(predictions, images, batched_inputs)
+        return self.forward_inference(predictions, images.image_sizes, batched_inputs)
 
     def forward_training(self, predictions, batched_inputs) -> Dict[str, Tensor]:
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
@@ -208,11 +208,13 @@ class FCOS(FCOSPipeline):
         return self.losses_of(predictions, gt_instances)
 
     def forward_inference(
-        self, predictions, images: ImageList, batched_inputs
+        self, predictions, image_sizes: List[Tuple[int, int]], batched_inputs
     ) -> List[Dict[str, Instances]]:
-        results = self.detect(predictions, images.image_sizes)
+        """Detections rescaled to each image's requested size; ``image_sizes``: the
+        images' sizes before padding (the raw exported graph's outputs go through here)."""
+        results = self.detect(predictions, image_sizes)
         return self.postprocess_to_original(
-            results, batched_inputs, images.image_sizes, keep_empty=not self.remove_empty_boxes
+            results, batched_inputs, image_sizes, keep_empty=not self.remove_empty_boxes
         )
 
     @staticmethod
@@ -222,23 +224,17 @@ class FCOS(FCOSPipeline):
         image_sizes: List[Tuple[int, int]],
         keep_empty: bool = False,
     ) -> List[Dict[str, Instances]]:
-        """Rescale detections to each image's requested output size, Detectron2's way
-        (``detector_postprocess``: scale, clip, drop empty boxes); ``keep_empty`` keeps
-        the empty boxes."""
+        """Rescale detections to each image's requested output size ("height"/"width",
+        default: unchanged), Detectron2's way (``detector_postprocess``: scale, clip, drop
+        empty boxes; :func:`~fcos_d2.modeling.inference.rescale_boxes`); ``keep_empty``
+        keeps the empty boxes."""
         processed = []
         for result, inputs, image_size in zip(results, batched_inputs, image_sizes):
-            height = inputs.get("height", image_size[0])
-            width = inputs.get("width", image_size[1])
-            rescale = rescale_keeping_empty if keep_empty else detector_postprocess
-            processed.append({"instances": rescale(result, height, width)})
+            size = (inputs.get("height", image_size[0]), inputs.get("width", image_size[1]))
+            boxes, keep = rescale_boxes(
+                result.pred_boxes.tensor, result.image_size, size, remove_empty=not keep_empty
+            )
+            rescaled = Instances(size, **result.get_fields())
+            rescaled.pred_boxes = Boxes(boxes)
+            processed.append({"instances": rescaled[keep]})
         return processed
-
-
-def rescale_keeping_empty(result: Instances, height: int, width: int) -> Instances:
-    """``detector_postprocess`` for boxes without its last step: boxes scaled to
-    (height, width) and clipped, empty ones kept (torchvision's FCOS keeps them)."""
-    scale_x, scale_y = width / result.image_size[1], height / result.image_size[0]
-    rescaled = Instances((height, width), **result.get_fields())
-    rescaled.pred_boxes.scale(scale_x, scale_y)
-    rescaled.pred_boxes.clip((height, width))
-    return rescaled

@@ -194,16 +194,26 @@ class FCOSPipeline(nn.Module):
     ) -> FCOSPredictions:
         """Run the head on ``features[in_features]``; ``input_size``: the (H, W) of the
         padded input batch, needed with ``spacing_from_input``."""
+        return self.predictions_of(self.head([features[f] for f in self.in_features]), input_size)
+
+    def predictions_of(
+        self,
+        head_outputs: Tuple[List[Tensor], List[Tensor], List[Tensor]],
+        input_size: Optional[Tuple[int, int]] = None,
+    ) -> FCOSPredictions:
+        """The head's per-level (logits, box distances, centerness) maps (N, C, Hl, Wl)
+        -> predictions, the locations placed by ``location_offset`` and, with
+        ``spacing_from_input``, the padded input's ``input_size`` (H, W). The raw exported
+        graph's outputs go through here too."""
         if self.spacing_from_input and input_size is None:
             raise ValueError(
                 "MODEL.FCOS.SPACING_FROM_INPUT places the locations by the padded input "
-                "size: pass input_size to predict()"
+                "size: pass input_size"
             )
-        maps = [features[f] for f in self.in_features]
         return FCOSPredictions.from_head(
-            maps,
+            head_outputs[0],  # the maps' sizes are the features'
             self.strides,
-            self.head(maps),
+            head_outputs,
             self.location_offset,
             tuple(input_size) if self.spacing_from_input else None,
         )
