@@ -276,3 +276,18 @@ def test_benchmark_command_writes_results_that_render(tmp_path):
         assert row["train_ms"] > row["targets_losses_ms"] > 0
     assert results["machine"]["cpu"] == execution.cpu_description()
     assert "| FCOS [amp] / FCOS [fp32] |" in report.format_tables(results)
+
+
+def test_demo_recipe_table():
+    from benchmarks import demo_recipe
+
+    machine = _results()["machine"]
+    text = demo_recipe.format_result({
+        "machine": machine, "load_average": [1.0, 1.25], "config_file": demo_recipe.DEMO,
+        "iterations": 40, "amp_dtype": "bfloat16", "s_per_it": {"fp32": 0.4, "amp": 0.25},
+        "ratio_amp_fp32": 0.625,
+    })
+    lines = text.splitlines()
+    assert lines[0].startswith("Machine: CPU Some CPU") and "1.00 / 1.25" in lines[0]
+    assert "| float32 | 0.400 |" in lines and "| bfloat16 autocast (SOLVER.AMP) | 0.250 |" in lines
+    assert "| ratio | 0.62 |" in lines
