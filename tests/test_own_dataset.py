@@ -176,7 +176,8 @@ def write_voc_folder(root, classes_of_images):
         ids.append(image_id)
         Image.new("RGB", (80, 60), (90, 90, 90)).save(f"{root}/JPEGImages/{image_id}.jpg")
         objects = "".join(
-            f"<object><name>{n}</name><difficult>0</difficult><bndbox><xmin>{5 + 10 * k}</xmin>"
+            f"<object><name>{n}</name><pose>Unspecified</pose><truncated>0</truncated>"
+            f"<difficult>0</difficult><bndbox><xmin>{5 + 10 * k}</xmin>"
             f"<ymin>5</ymin><xmax>{30 + 10 * k}</xmax><ymax>40</ymax></bndbox></object>"
             for k, n in enumerate(names)
         )
@@ -199,7 +200,17 @@ def test_voc_folder(tmp_path):
     assert cfg.MODEL.FCOS.NUM_CLASSES == 2
     dicts = DatasetCatalog.get(name)  # Detectron2's load_voc_instances
     assert [a["category_id"] for a in dicts[0]["annotations"]] == [1, 0]
-    assert isinstance(build_evaluator(cfg, name), PascalVOCDetectionEvaluator)
+    evaluator = build_evaluator(cfg, name)
+    assert isinstance(evaluator, PascalVOCDetectionEvaluator)
+    evaluator.reset()  # the ground truth as detections: VOC's AP is 100
+    for record in dicts:
+        objects = record["annotations"]
+        instances = Instances((record["height"], record["width"]))
+        instances.pred_boxes = Boxes(torch.tensor([a["bbox"] for a in objects]))
+        instances.scores = torch.ones(len(objects))
+        instances.pred_classes = torch.tensor([a["category_id"] for a in objects])
+        evaluator.process([{"image_id": record["image_id"]}], [{"instances": instances}])
+    assert evaluator.evaluate()["bbox"]["AP50"] == pytest.approx(100.0)
 
     with pytest.raises(ValueError, match=r"000000.xml has an object of class 'cat', not in"):
         register_dataset(f"name={name}_x,voc={root},split=train,classes=dog")
@@ -307,3 +318,17 @@ def test_walk_through_train_evaluate_demo(tmp_path):
     log = run_script([os.path.join(REPO, "tools/plot_metrics.py"), str(out / "metrics.json"),
                       "--output", str(png)], cwd=str(tmp_path))
     assert "losses, positives, AP" in log and png.stat().st_size > 5000
+
+
+def test_analyze_assignment_takes_a_spec(tmp_path, capsys):
+    from conftest import load_script
+
+    json_file, image_dir = write_coco_folder(str(tmp_path), "train", 3)
+    analyze = load_script("tools/analyze_assignment.py")
+    spec = coco_spec(unique("analyze", tmp_path), json_file, image_dir)
+    table = analyze.main(["--dataset", spec, "--config-file",
+                          "configs/FCOS-Demo/fcos_R_18_demo.yaml", "INPUT.MIN_SIZE_TEST", "96"])
+    with open(json_file) as f:
+        num_boxes = len(json.load(f)["annotations"])
+    assert f"/{num_boxes})" in table and "FPN (P3-P7)" in table
+    assert f"{unique('analyze', tmp_path)}: 3 images" in capsys.readouterr().out
