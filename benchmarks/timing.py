@@ -9,6 +9,7 @@ separate rounds after the timed ones, so the timed rounds run without a profiler
 """
 import contextlib
 import dataclasses
+import functools
 import statistics
 import sys
 import time
@@ -257,22 +258,25 @@ def conv_peak_flops(device: str, dtype=None) -> Dict[str, float]:
     conv = torch.nn.Conv2d(256, 256, 3, padding=1).to(device)
     x = torch.randn(1, 256, 128, 128, device=device)
     flops = 256 * 256 * 9 * 128 * 128  # fvcore counts one multiply-add as one flop
-    kind = device.split(":")[0]
     rates = {}
     for name, fmt in (("NCHW", torch.contiguous_format), ("NHWC", torch.channels_last)):
-        conv_f, x_f = conv.to(memory_format=fmt), x.contiguous(memory_format=fmt)
-        with torch.no_grad(), torch.autocast(kind, dtype=dtype, enabled=dtype is not None):
-            seconds = median_time(lambda: conv_f(x_f), repeats=5, warmup=2, device=device)
-        rates[name] = flops / seconds
+        step = functools.partial(_conv_step, conv.to(memory_format=fmt),
+                                 x.contiguous(memory_format=fmt), dtype, backward=False)
+        rates[name] = flops / median_time(step, repeats=5, warmup=2, device=device)
     for name, fmt in (("NCHW", torch.contiguous_format), ("NHWC", torch.channels_last)):
-        conv_f = conv.to(memory_format=fmt)
-        x_f = x.contiguous(memory_format=fmt).requires_grad_()
-
-        def forward_backward():
-            with torch.autocast(kind, dtype=dtype, enabled=dtype is not None):
-                out = conv_f(x_f)
-            out.backward(torch.ones_like(out))
-
-        seconds = median_time(forward_backward, repeats=5, warmup=2, device=device)
-        rates[f"{name} forward+backward"] = 3 * flops / seconds
+        step = functools.partial(_conv_step, conv.to(memory_format=fmt),
+                                 x.contiguous(memory_format=fmt).requires_grad_(), dtype,
+                                 backward=True)
+        rates[f"{name} forward+backward"] = 3 * flops / median_time(step, 5, 2, device)
     return rates
+
+
+def _conv_step(conv: nn.Module, x: torch.Tensor, dtype, backward: bool) -> None:
+    """One forward (without autograd) or forward + backward of ``conv`` under autocast."""
+    kind = x.device.type
+    with torch.set_grad_enabled(backward), torch.autocast(
+        kind, dtype=dtype, enabled=dtype is not None
+    ):
+        out = conv(x)
+    if backward:
+        out.backward(torch.ones_like(out))

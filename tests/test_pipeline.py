@@ -86,11 +86,13 @@ def test_strides_come_from_the_backbone_and_fpn_strides_is_checked():
     shapes = model.backbone.output_shape()
     assert model.strides == [shapes[f].stride for f in model.in_features] == [8, 16, 32, 64, 128]
     cfg.MODEL.FCOS.FPN_STRIDES = [8, 16, 32, 64, 256]
-    with pytest.raises(ValueError, match=r"FPN_STRIDES is \[8, 16, 32, 64, 256\].*\[8, 16, 32, 64, 128\]"):
+    strides_error = r"FPN_STRIDES is \[8, 16, 32, 64, 256\].*\[8, 16, 32, 64, 128\]"
+    with pytest.raises(ValueError, match=strides_error):
         build_model(cfg)
     two_stage = build_model(tiny_cfg(two_stage=True))
     assert two_stage.proposal_generator.strides == [8, 16, 32, 64, 128]
-    assert isinstance(model, FCOSPipeline) and isinstance(two_stage.proposal_generator, FCOSPipeline)
+    assert isinstance(model, FCOSPipeline)
+    assert isinstance(two_stage.proposal_generator, FCOSPipeline)
 
 
 def _predictions(dists, logit=3.0):
