@@ -6,7 +6,7 @@
 """
 from .checkpointer import FCOSCheckpointer
 from .convert import ConversionError, ConversionSummary, convert_reference_checkpoint
-from .io import load_reference_checkpoint, save_converted_checkpoint
+from .file_io import load_reference_checkpoint, save_converted_checkpoint
 from .sources import (
     SOURCE_FORMATS,
     SourceFormat,
