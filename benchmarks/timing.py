@@ -19,7 +19,7 @@ import torch
 from detectron2.utils.events import EventStorage
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
 from .models import TensorOutputs, Variant, build_models, precision_context, random_images
 
@@ -28,6 +28,7 @@ PART_RANGES = {
     "targets_losses": "FCOSPipeline.losses_of",
     "post": "FCOSPostProcessor.__call__",
 }
+_STEP_RANGE = "benchmark step"  # one timed call, to attribute the parts to it
 
 
 def log(msg: str) -> None:
@@ -53,14 +54,23 @@ def median_time(step: Callable, repeats: int, warmup: int, device: str) -> float
     return statistics.median(times)
 
 
-def range_seconds(step: Callable, name: str, device: str) -> float:
-    """Seconds spent inside the profiler range ``name`` during one call of ``step``
-    (summed over its calls; 0 when the step never opens it). On CUDA this is the host
-    time of the range, which waits for the GPU where the computation needs its results."""
+def range_seconds(step: Callable, name: str, device: str, repeats: int = 1) -> List[float]:
+    """Seconds spent inside the profiler range ``name`` during each of ``repeats`` calls of
+    ``step`` (summed over its openings in that call; 0 when the step never opens it), in
+    one profiler session. On CUDA this is the host time of the range, which waits for the
+    GPU where the computation needs its results."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step()
-        sync(device)
-    return sum(e.cpu_time_total for e in prof.events() if e.name == name) / 1e6
+        for _ in range(repeats):
+            with record_function(_STEP_RANGE):
+                step()
+                sync(device)
+    events = prof.events()
+    steps = [e.time_range for e in events if e.name == _STEP_RANGE]
+    parts = [e for e in events if e.name == name]
+    return [
+        sum(p.cpu_time_total for p in parts if s.start <= p.time_range.start <= s.end) / 1e6
+        for s in steps
+    ]
 
 
 def interleaved(steps: Dict[str, Callable], rounds: int, what: str) -> Dict[str, List[float]]:
@@ -100,8 +110,7 @@ def bench_inference(models: Dict[Variant, nn.Module], args) -> Dict[Variant, Dic
             rows[variant][f"infer_{h}x{w}_ms"] = statistics.median(times[variant]) * 1000
         log(f"  inference {h}x{w}: post-processing, profiled")
         for variant, step in steps.items():
-            post = [range_seconds(step, PART_RANGES["post"], args.device)
-                    for _ in range(args.repeats)]
+            post = range_seconds(step, PART_RANGES["post"], args.device, args.repeats)
             rows[variant][f"post_{h}x{w}_ms"] = statistics.median(post) * 1000
         for variant, model in models.items():
             if variant.model == "FCOS":
@@ -240,8 +249,9 @@ def bench_training(chosen: List[Variant], args) -> Dict[Variant, Dict[str, float
         times = interleaved({v: run.step for v, run in runs.items()}, args.repeats, what)
         log(f"  {what}: targets and losses, profiled")
         for variant, run in runs.items():
-            parts = [range_seconds(run.step, PART_RANGES["targets_losses"], args.device)
-                     for _ in range(args.repeats)]
+            parts = range_seconds(
+                run.step, PART_RANGES["targets_losses"], args.device, args.repeats
+            )
             rows[variant]["targets_losses_ms"] = statistics.median(parts) * 1000
     for variant in chosen:
         seconds = statistics.median(times[variant])
