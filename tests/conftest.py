@@ -25,6 +25,9 @@ def tiny_cfg(two_stage: bool = False, num_classes: int = 3):
     cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 64
     cfg.INPUT.MIN_SIZE_TEST = 96
     cfg.INPUT.MAX_SIZE_TEST = 160
+    # float32 inference on every machine kind: tests compare detections exactly (against
+    # exports, torchvision, ...); tests/test_precision.py runs TEST.AMP.
+    cfg.TEST.AMP.ENABLED = False
     return cfg
 
 

@@ -97,6 +97,8 @@ def converted_weights(torchvision_fcos, tmp_path_factory):
 
 
 def build_fcos_d2(weights: str, *opts: str):
+    # float32 as torchvision computes (the shipped config follows TEST.AMP "auto")
+    opts = ["TEST.AMP.ENABLED", "False", *opts]
     cfg = fcos_d2.setup_cfg(TV_CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", weights, *opts])
     model = build_model(cfg)
     DetectionCheckpointer(model).load(weights)

@@ -7,10 +7,12 @@ from .losses import FCOSLosses
 from .meta_arch import FCOS
 from .pipeline import FCOSPipeline, FCOSPredictions
 from .proposal_generator import FCOSProposalGenerator
+from .rcnn import AMPGeneralizedRCNN
 from .roi_heads import ProbabilisticCascadeROIHeads, ProbabilisticROIHeads  # noqa: F401
 from .targets import FCOSTargetAssigner, compute_locations
 
 __all__ = [
+    "AMPGeneralizedRCNN",
     "FCOS",
     "FCOSHead",
     "FCOSLosses",
