@@ -3,6 +3,10 @@
 
     python -m benchmarks.report results.json                  # tables to stdout
     python -m benchmarks.report results.json --output tables.md
+    python -m benchmarks.report results.json --update docs/benchmarks.md --section cpu
+
+``--update`` replaces what stands between the lines ``<!-- benchmark tables: cpu -->`` and
+``<!-- end of benchmark tables -->`` in that file (the page's tables, regenerated).
 
 The results hold the machine (CPU model and vector extensions, threads, versions, load
 average), the settings, one row per model and precision, and the plain-convolution rates.
@@ -182,10 +186,27 @@ def format_tables(results: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+BEGIN_MARK = "<!-- benchmark tables: {} -->"
+END_MARK = "<!-- end of benchmark tables -->"
+
+
+def replace_section(text: str, section: str, tables: str, path: str = "the page") -> str:
+    """``text`` with the lines between the section's begin mark and the next end mark
+    replaced by ``tables``."""
+    begin = BEGIN_MARK.format(section)
+    start = text.find(begin)
+    end = text.find(END_MARK, start + len(begin)) if start >= 0 else -1
+    if start < 0 or end < 0:
+        raise ValueError(f"{path} has no lines {begin!r} ... {END_MARK!r} to replace")
+    return text[:start] + begin + "\n\n" + tables + "\n\n" + text[end:]
+
+
 def main(argv: List[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("results", help="JSON written by python -m benchmarks.benchmark")
     parser.add_argument("--output", default="", help="write the markdown here (default: stdout)")
+    parser.add_argument("--update", default="", help="a markdown page whose section to replace")
+    parser.add_argument("--section", default="cpu", help="the section's name in its marks")
     args = parser.parse_args(argv)
     try:
         with open(args.results) as f:
@@ -194,7 +215,16 @@ def main(argv: List[str] = None) -> int:
     except (OSError, ValueError, KeyError) as e:
         print(f"error: cannot render {args.results}: {e!r}", file=sys.stderr)
         return 1
-    if args.output:
+    if args.update:
+        try:
+            with open(args.update) as f:
+                page = replace_section(f.read(), args.section, text, args.update)
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        with open(args.update, "w") as f:
+            f.write(page)
+    elif args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w") as f:
             f.write(text + "\n")

@@ -96,6 +96,16 @@ def test_report_command_renders_the_json_file(tmp_path, capsys):
     assert out.read_text() == report.format_tables(_results()) + "\n"
     assert report.main([str(path)]) == 0
     assert capsys.readouterr().out == report.format_tables(_results()) + "\n"
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Speed\n\n<!-- benchmark tables: cpu -->\nold\n"
+                    "<!-- end of benchmark tables -->\n\nAfter.\n")
+    assert report.main([str(path), "--update", str(page), "--section", "cpu"]) == 0
+    assert page.read_text() == (
+        "# Speed\n\n<!-- benchmark tables: cpu -->\n\n" + report.format_tables(_results())
+        + "\n\n<!-- end of benchmark tables -->\n\nAfter.\n"
+    )
+    assert report.main([str(path), "--update", str(page), "--section", "cuda"]) == 1
+    assert "benchmark tables: cuda" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("{}")
     assert report.main([str(tmp_path / "bad.json")]) == 1
     assert "bad.json" in capsys.readouterr().err
