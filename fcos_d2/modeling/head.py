@@ -77,9 +77,11 @@ class Tower(nn.Module):
         )
 
     def forward(self, x: Tensor, level: int) -> Tensor:
-        norms = self.norms[level if len(self.norms) > 1 else 0]
-        for conv, norm in zip(self.convs, norms):
-            x = F.relu(norm(conv(x)), inplace=True)  # the norm's output is not needed again
+        # ModuleLists are iterated, not indexed by a variable: TorchScript needs that
+        for i, norms in enumerate(self.norms):  # the levels' shared norms, or each level's
+            if len(self.norms) == 1 or i == level:
+                for conv, norm in zip(self.convs, norms):
+                    x = F.relu(norm(conv(x)), inplace=True)  # the norm's output is not reused
         return x
 
 
@@ -156,13 +158,13 @@ class FCOSHead(nn.Module):
     def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
         """Returns per-level lists of class logits, box distances and centerness logits."""
         logits, box_dists, ctrness = [], [], []
-        for level, feature in enumerate(features):
-            shared = self.share_tower(feature, level)
+        for level, scale in enumerate(self.scales):  # one per level
+            shared = self.share_tower(features[level], level)
             cls_feat = self.cls_tower(shared, level)
             box_feat = self.box_tower(shared, level)
             logits.append(self.cls_logits(cls_feat))
             ctrness.append(self.ctrness(box_feat if self.centerness_on_reg else cls_feat))
             # scale and exp in float32: exp(x) overflows float16 from x = 11.1 on
-            dist = self.scales[level](self.bbox_pred(box_feat).float())
+            dist = scale(self.bbox_pred(box_feat).float())
             box_dists.append(F.relu(dist) if self.use_relu else torch.exp(dist))
         return logits, box_dists, ctrness

@@ -45,6 +45,14 @@ def clip_boxes(boxes: Tensor, image_size: Size) -> Tensor:
     return torch.minimum(boxes.clamp(min=0), upper)
 
 
+def _size_tensor(size: Union[Tuple[int, int], Tensor]) -> Tensor:
+    """(height, width) as a (2,) tensor; sizes that are tensors (traced ones) stay in the
+    graph instead of becoming constants."""
+    if isinstance(size, Tensor):
+        return size
+    return torch.stack([torch.as_tensor(s) for s in size])
+
+
 def rescale_boxes(
     boxes: Tensor,
     from_size: Union[Tuple[int, int], Tensor],
@@ -56,15 +64,14 @@ def rescale_boxes(
     applied in the boxes' dtype); eager inference and the exported graphs call this.
 
     Args:
-        from_size, to_size: (height, width), Python ints or (2,) int64 tensors (an
-            exported graph's dynamic sizes).
+        from_size, to_size: (height, width): Python ints, 0-dim tensors or a (2,) int64
+            tensor (an exported graph's dynamic sizes).
         remove_empty: whether the returned mask drops the boxes left with no area
             (``detector_postprocess`` drops them; torchvision keeps them).
     Returns:
         the (M, 4) boxes and an (M,) bool mask of those to keep.
     """
-    to_size = to_size if isinstance(to_size, Tensor) else torch.tensor(to_size)
-    from_size = from_size if isinstance(from_size, Tensor) else torch.tensor(from_size)
+    to_size, from_size = _size_tensor(to_size), _size_tensor(from_size)
     scale = (to_size.double() / from_size.double()).to(boxes.dtype)  # (2,) y, x
     boxes = boxes * torch.stack([scale[1], scale[0], scale[1], scale[0]])
     boxes = clip_boxes(boxes, (to_size[0], to_size[1]))

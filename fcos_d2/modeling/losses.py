@@ -138,6 +138,7 @@ class FCOSLosses(nn.Module):
             "box_quality": fcos.BOX_QUALITY,
         }
 
+    @torch.jit.unused  # training only: a scripted model runs inference
     def forward(
         self,
         logits: Tensor,
