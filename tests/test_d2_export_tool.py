@@ -79,8 +79,8 @@ def run_tool(detectron2_path, tmp_path, two_stage, method):
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools", "detectron2_export_model.py"),
          "--tool", TOOL, "--export-method", method, "--format", "torchscript",
-         "--config-file", str(tmp_path / "cfg.yaml"), "--sample-image", str(tmp_path / "sample.png"),
-         "--output", str(tmp_path / "out")],
+         "--config-file", str(tmp_path / "cfg.yaml"),
+         "--sample-image", str(tmp_path / "sample.png"), "--output", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=600, cwd=REPO, env=env,
     )  # fmt: skip
     return proc, model
@@ -92,7 +92,8 @@ def assert_equal_to_eager(proc):
     count, eager = (int(v) for v in re.search(r"(\d+) detections \(eager: (\d+)\)", line).groups())
     assert count == eager >= 20, line
     assert "classes equal" in line, line
-    box, score = (float(v) for v in re.search(r"\|box\| (\S+) px, max \|score\| (\S+)", line).groups())
+    differences = re.search(r"\|box\| (\S+) px, max \|score\| (\S+)", line).groups()
+    box, score = (float(v) for v in differences)
     assert box <= 0.01 and score <= 1e-4, line
 
 
