@@ -14,7 +14,7 @@ the class count is taken from the data; see docs/own_dataset.md):
         --test-dataset name=shapes_val,json=DIR/val.json,images=DIR/val OUTPUT_DIR output/shapes
 """
 import fcos_d2  # registers FCOS modules and the demo datasets
-from detectron2.checkpoint import DetectionCheckpointer
+from fcos_d2.checkpoint import FCOSCheckpointer  # also reads AdelaiDet / FCOS / torchvision files
 from detectron2.engine import default_argument_parser, default_setup, hooks
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -38,7 +38,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        FCOSCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Trainer.test(cfg, model)

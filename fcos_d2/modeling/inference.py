@@ -5,7 +5,8 @@ from typing import TYPE_CHECKING, List, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
+from torch.profiler import record_function
+from torchvision.ops import batched_nms, nms
 
 from detectron2.config import configurable
 from detectron2.structures import Boxes, Instances
@@ -27,6 +28,21 @@ def _logit(p: float) -> float:
     if p >= 1.0:
         return float("inf")
     return math.log(p / (1.0 - p))
+
+
+def recording() -> bool:
+    """Whether a graph is being recorded (``torch.jit.trace``, ``torch.export``): counts and
+    sizes are then symbolic, and no Python branch may depend on them."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
+def class_offset_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float):
+    """Class-aware NMS as one NMS over the boxes shifted apart by class: what torchvision's
+    ``batched_nms`` computes for up to 1000 boxes on CPU and while tracing, without its
+    branch on the number of boxes, which ``torch.export`` cannot record."""
+    top = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max()  # defined for 0 boxes too
+    shifted = boxes + (classes.to(boxes) * (top + 1))[:, None]
+    return nms(shifted, scores, iou_threshold)
 
 
 def decode_boxes(points: Tensor, dists: Tensor, stride: float) -> Tensor:
@@ -160,10 +176,11 @@ class FCOSPostProcessor:
             per image, Instances with ``pred_boxes``, ``scores``, ``pred_classes`` in
             input-image coordinates (clipped to the image), best score first.
         """
-        return [
-            to_instances(*self.detect_image(predictions, n, image_size), image_size)
-            for n, image_size in enumerate(image_sizes)
-        ]
+        with record_function("FCOSPostProcessor.__call__"):  # a profiler range (benchmarks/)
+            return [
+                to_instances(*self.detect_image(predictions, n, image_size), image_size)
+                for n, image_size in enumerate(image_sizes)
+            ]
 
     def detect_image(
         self, predictions: "FCOSPredictions", n: int, image_size: Size
@@ -209,7 +226,7 @@ class FCOSPostProcessor:
         else:
             # sigmoid(x) > t  <=>  x > logit(t): threshold the logits, no sigmoid needed
             passing = logits > _logit(self.score_thresh)
-        if torch.jit.is_tracing() or int(passing.count_nonzero()) > self.pre_nms_topk:
+        if recording() or int(passing.count_nonzero()) > self.pre_nms_topk:
             if dense is None:
                 dense = cls_times_ctr()
             loc_idx, classes, scores = self.dense_topk(dense, passing)
@@ -242,7 +259,7 @@ class FCOSPostProcessor:
         """Clip, drop non-finite and small boxes, class-aware NMS, top-k: (D, 4) boxes,
         (D,) scores and (D,) classes, best score first."""
         finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
-        if not torch.jit.is_tracing():
+        if not recording():
             dropped = len(finite) - int(finite.count_nonzero())
             if dropped:
                 log_every_n_seconds(
@@ -258,5 +275,9 @@ class FCOSPostProcessor:
         if self.remove_small_boxes:
             keep = keep & (widths > self.min_box_size) & (heights > self.min_box_size)
         boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
-        keep = batched_nms(boxes, scores, classes, self.nms_thresh)[: self.post_nms_topk]
+        if torch.compiler.is_exporting():
+            keep = class_offset_nms(boxes, scores, classes, self.nms_thresh)
+        else:
+            keep = batched_nms(boxes, scores, classes, self.nms_thresh)
+        keep = keep[: self.post_nms_topk]
         return boxes[keep], scores[keep], classes[keep]

@@ -18,12 +18,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Instances
 
 from .execution import float32
-from .inference import FCOSPostProcessor
+from .inference import FCOSPostProcessor, recording
 from .losses import FCOSLosses
 from .targets import FCOSTargetAssigner, compute_locations
 from .visualize import log_positive_locations
@@ -70,7 +71,7 @@ def level_locations(
     tracing, they are computed from the traced shapes instead, so an exported graph
     follows the input size.
     """
-    tracing = torch.jit.is_tracing()
+    tracing = recording()
     spacings = [None if input_size is None else _spacing(input_size, f, tracing) for f in features]
     locate = compute_locations if tracing else _cached_locations
     return [
@@ -229,7 +230,8 @@ class FCOSPipeline(nn.Module):
 
         With ``class_agnostic`` every ground-truth box counts as class 0 (objectness).
         """
-        with float32(predictions.logits[0].device):
+        # a profiler range, so that the time of this part can be read (benchmarks/)
+        with float32(predictions.logits[0].device), record_function("FCOSPipeline.losses_of"):
             return self._losses_of(predictions, gt_instances, class_agnostic)
 
     def _losses_of(self, predictions, gt_instances, class_agnostic):
