@@ -48,6 +48,15 @@ from fcos_d2.export import (
     output_options,
     preprocess,
 )
+from fcos_d2.export.torch_export import (  # torch.export formats
+    FORMATS as TORCH_EXPORT_FORMATS,
+    ONNX_OPSET,
+    export_graph,
+    load_runner,
+    min_image_size,
+)
+
+TORCH_EXPORT_FILES = {"pt2": "model.pt2", "onnx-dynamo": "model.onnx", "aoti": "model_aoti.pt2"}
 
 
 def read_sample(cfg, image_path: str) -> np.ndarray:
@@ -187,10 +196,87 @@ def run_onnx(path: str, feed):
     return session.run(None, feed)
 
 
+# ----------------------------------------------------------------------------------------
+# torch.export formats (fcos_d2.export.torch_export): --format pt2 | onnx-dynamo | aoti
+#
+#   python tools/export_model.py --config-file CFG --format aoti --end-to-end --no-resize \
+#       --output export_aoti/ MODEL.WEIGHTS W
+#
+# pt2: ExportedProgram (torch.export.save); onnx-dynamo: ONNX through the torch.export-based
+# exporter (opset 18); aoti: an AOTInductor package (compiled with the C++ compiler). The
+# end-to-end graph needs --no-resize (its input: the image after Detectron2's test-time
+# resize); the raw graph takes the padded batch as the TorchScript one does.
+
+
+def check_torch_export_args(parser, args) -> None:
+    if args.format in TORCH_EXPORT_FORMATS and args.end_to_end and not args.no_resize:
+        parser.error(
+            f"--format {args.format} --end-to-end records the graph without the in-graph "
+            "resize (torch.export cannot record a resize whose output size depends on the "
+            "image): add --no-resize and resize images as Detectron2 does before the graph"
+        )
+
+
+def torch_export_sample(model, cfg, args, image: np.ndarray) -> torch.Tensor:
+    """The recording sample: the resized image (end-to-end) or its padded batch (raw), a
+    random larger one when the test-time size is below the graphs' smallest size."""
+    smallest = min_image_size(model)
+    resized = resize_like_eager(cfg, image)
+    if min(resized.shape[:2]) < smallest:
+        side = -(-smallest // 32) * 32
+        print(f"the test-time size {resized.shape[:2]} is below the smallest the torch.export "
+              f"graphs take ({smallest}): recording on a random {side}x{side * 4 // 3} image")
+        resized = np.random.default_rng(0).integers(0, 256, (side, side * 4 // 3, 3), np.uint8)
+    if args.end_to_end:
+        return torch.from_numpy(np.ascontiguousarray(resized))
+    tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
+    return preprocess(model, [{"image": tensor}]).tensor.contiguous()
+
+
+def export_torch_export(model, cfg, args, image: np.ndarray) -> str:
+    """Record, write and check (against eager on the sample) a torch.export format."""
+    graph = "end_to_end" if args.end_to_end else "raw"
+    sample = torch_export_sample(model, cfg, args, image)
+    path = os.path.join(args.output, TORCH_EXPORT_FILES[args.format])
+    print(f"recording the {graph} graph with torch.export and writing {args.format} "
+          "(aoti compiles C++: minutes)", flush=True)
+    export_graph(model, sample, path, args.format, graph)
+    with torch.no_grad():
+        if args.end_to_end:
+            chw = sample.permute(2, 0, 1).float()
+            eager = model([{"image": chw}])[0]["instances"]
+            reference = (eager.pred_boxes.tensor, eager.scores, eager.pred_classes)
+        else:
+            reference = FCOSRawOutputs(model).eval()(sample)
+        outputs = load_runner(path, args.format)(sample)
+    counts = f"{len(outputs[0])} detections (eager: {len(reference[0])})" if args.end_to_end else ""
+    if not args.end_to_end or len(outputs[0]) == len(reference[0]):
+        difference = max_difference(outputs[:2] if args.end_to_end else outputs,
+                                    reference[:2] if args.end_to_end else reference)  # fmt: skip
+        print(f"{args.format} vs eager, {counts}{', ' if counts else ''}max |difference|: "
+              f"{difference:.3g}")
+    else:
+        print(f"{args.format} vs eager: {counts}")
+    return path
+
+
+def torch_export_info(model, args) -> dict:
+    """What export_info.json adds for a torch.export format."""
+    return {
+        "opset": ONNX_OPSET if args.format == "onnx-dynamo" else None,
+        "torch_export": {
+            "torch": torch.__version__.split("+")[0],
+            "min_image_size": min_image_size(model),
+            "dynamic": ["height", "width"] + ([] if args.end_to_end else ["batch"]),
+        },
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Export a one-stage FCOS to TorchScript or ONNX.")
     parser.add_argument("--config-file", required=True)
-    parser.add_argument("--format", required=True, choices=["torchscript", "onnx"])
+    parser.add_argument("--format", required=True,
+                        choices=["torchscript", "onnx", *TORCH_EXPORT_FORMATS])
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--end-to-end", action="store_true",
                         help="uint8 image in, detections in its pixels out")
@@ -202,6 +288,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.no_resize and not args.end_to_end:
         parser.error("--no-resize applies to --end-to-end graphs only")
+    check_torch_export_args(parser, args)
 
     # the graphs are traced in float32: the eager reference runs in float32 too
     cfg = fcos_d2.setup_cfg(
@@ -212,10 +299,15 @@ def main(argv=None) -> int:
     os.makedirs(args.output, exist_ok=True)
     image = read_sample(cfg, args.sample_image)
     export = export_e2e if args.end_to_end else export_raw
+    if args.format in TORCH_EXPORT_FORMATS:
+        export = export_torch_export
     path = export(model, cfg, args, image)
     info_path = os.path.join(args.output, "export_info.json")
     with open(info_path, "w") as f:
-        json.dump(export_info(cfg, model, args, path), f, indent=2)
+        info = export_info(cfg, model, args, path)
+        if args.format in TORCH_EXPORT_FORMATS:
+            info.update(torch_export_info(model, args))
+        json.dump(info, f, indent=2)
     print(f"Wrote {path} and {info_path}")
     return 0
 

@@ -35,11 +35,22 @@ OUTPUT_NAMES = ["boxes", "scores", "classes"]
 SUPPORTED_FORMATS = ("RGB", "BGR")
 
 
+def size_tensor(x: Tensor) -> Tensor:
+    """``x.shape`` as an int64 tensor: shape operations while tracing (TorchScript, ONNX),
+    torch.export's symbolic sizes otherwise."""
+    return shape_as_tensor(x) if torch.jit.is_tracing() else torch.tensor(x.shape)
+
+
 def pad_to_multiple(image: Tensor, divisor: int) -> Tensor:
     """(C, H, W) -> (C, H', W') zero-padded at the bottom and right to multiples of
     ``divisor``, as Detectron2's ``ImageList.from_tensors`` pads."""
     if divisor <= 1:
         return image
+    if not torch.jit.is_tracing():  # eager and torch.export: (symbolic) int sizes
+        height, width = image.shape[1:]
+        extra = [(height + divisor - 1) // divisor * divisor - height,
+                 (width + divisor - 1) // divisor * divisor - width]  # fmt: skip
+        return nn.functional.pad(image, [0, extra[1], 0, extra[0]], value=0.0)
     size = shape_as_tensor(image)[1:]  # (2,) height, width
     padded = torch.div(size + (divisor - 1), divisor, rounding_mode="floor") * divisor
     extra = padded - size
@@ -63,7 +74,7 @@ class FCOSEndToEnd(nn.Module):
         self.resize = None if resize is None or resize[0] <= 0 else tuple(int(s) for s in resize)
 
     def forward(self, image: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        original = shape_as_tensor(image)[:2]  # (2,) height, width
+        original = size_tensor(image)[:2]  # (2,) height, width
         if self.resize is not None:
             height, width = resized_size(original[0:1], original[1:2], *self.resize)
             pixels = resize_bilinear(image, height, width).float()  # (h, w, 3)
@@ -71,11 +82,11 @@ class FCOSEndToEnd(nn.Module):
             pixels = image.float()
         x = pixels.permute(2, 0, 1)  # (3, h, w)
         x = (x - self.model.pixel_mean) / self.model.pixel_std
-        input_size = shape_as_tensor(x)[1:]  # (2,) h, w
+        input_size = size_tensor(x)[1:]  # (2,) h, w
         x = pad_to_multiple(x, self.model.backbone.size_divisibility)[None]  # (1, 3, H, W)
         if self.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        padded = shape_as_tensor(x)[2:]  # (2,) H, W
+        padded = size_tensor(x)[2:]  # (2,) H, W
         predictions = self.model.predict(self.model.backbone(x), (padded[0], padded[1]))
         boxes, scores, classes = self.model.postprocessor.detect_image(
             predictions, 0, (input_size[0], input_size[1])
