@@ -232,8 +232,9 @@ def test_quantize_tool_writes_a_graph_deploy_onnx_runs(exported_fp32, tmp_path):
         os.symlink(os.path.abspath(d["file_name"]), images / os.path.basename(d["file_name"]))
     results = tmp_path / "results.json"
     deploy = load_script("tools/deploy_onnx.py")
-    assert deploy.main(["--model", str(out / "model.onnx"), "--input", str(images),
-                        "--output", str(results), "--confidence-threshold", "0.2"]) == 0  # fmt: skip
+    args = ["--model", str(out / "model.onnx"), "--input", str(images), "--output", str(results),
+            "--confidence-threshold", "0.2"]  # fmt: skip
+    assert deploy.main(args) == 0
     entries = json.loads(results.read_text())["images"]
     assert len(entries) == 2 and all(len(e["detections"]) > 0 for e in entries)
     assert entries[0]["detections"][0]["class_name"] in DEMO_CLASSES

@@ -22,9 +22,7 @@ turns image by image), written to ``--output``/int8_report.json and .md with the
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -42,6 +40,7 @@ from fcos_d2.export.quantize import (
     dataset_dicts,
     quantize_end_to_end,
 )
+from fcos_d2.modeling.execution import cpu_description, cpu_flags
 
 
 def read_info(model_path: str) -> dict:
@@ -68,15 +67,12 @@ def session(path: str, threads: int):
     return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+def cpu_int8_description() -> str:
+    """The CPU's model, vector extensions and int8 dot-product units (VNNI, AMX-INT8)."""
+    flags = cpu_flags()
+    int8 = [name for flag, name in (("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"),
+                                    ("amx_int8", "AMX-INT8")) if flag in flags]  # fmt: skip
+    return f"{cpu_description()}; int8: {', '.join(int8) or 'no VNNI/AMX'}"
 
 
 def graph_input(info: dict, dataset_dict: dict) -> np.ndarray:
@@ -140,7 +136,7 @@ def evaluate(paths: dict, info: dict, dataset: str, threads: int, folder: str) -
 def write_report(results: dict, args, folder: str) -> None:
     fp32, int8 = results["fp32"], results["int8"]
     report = {
-        "cpu": cpu_model(),
+        "cpu": cpu_int8_description(),
         "threads": args.threads or "default",
         "load_average_after": round(os.getloadavg()[0], 2),
         "dataset": args.evaluate,

@@ -28,6 +28,7 @@ from detectron2.data import transforms as T
 __all__ = [
     "CALIBRATION_METHODS",
     "calibration_files",
+    "dataset_dicts",
     "DatasetCalibrationReader",
     "conv_node_names",
     "quantize_end_to_end",
