@@ -65,6 +65,7 @@ def eager_detections(model, image):
 
 
 def assert_same_detections(outputs, reference, min_count=20):
+    """Same count, classes, scores within 1e-4, boxes within 0.01 px; at least min_count."""
     boxes, scores, classes = (torch.as_tensor(np.asarray(o)) for o in outputs)
     ref_boxes, ref_scores, ref_classes = reference
     assert len(ref_boxes) >= min_count
@@ -146,6 +147,31 @@ def test_exported_program_raw_equals_eager(options, tmp_path):
     model = spread_model(options)
     run, _ = export_and_load(model, "pt2", "raw", tmp_path)
     check_raw(run, model)
+
+
+def test_exported_program_with_one_and_no_detections(tmp_path):
+    """NMS of 0 or 1 candidates (torchvision's NMS declares >= 2 kept boxes to torch.export,
+    and the recorded program asserts it): the threshold passes exactly one (location, class)
+    pair of one image, none of another."""
+    model = spread_model()
+    image = random_image(*SIZES[0], seed=1)
+    chw = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+    with torch.no_grad():
+        padded = model.preprocess_image([{"image": chw}]).tensor
+        predictions = model.predict(model.backbone(padded), tuple(padded.shape[-2:]))
+    probs = torch.cat([logits[0].flatten() for logits in predictions.logits]).sigmoid()
+    first, second = probs.topk(2).values.tolist()
+    model.postprocessor.score_thresh = (first + second) / 2
+    run, _ = export_and_load(model, "pt2", "end_to_end", tmp_path)
+    assert_same_detections(run(torch.from_numpy(image)), eager_detections(model, image), 1)
+    assert len(eager_detections(model, image)[0]) == 1
+    for seed in range(20, 40):  # an image where nothing passes
+        other = random_image(*SIZES[1], seed=seed)
+        if len(eager_detections(model, other)[0]) == 0:
+            assert len(run(torch.from_numpy(other))[0]) == 0
+            break
+    else:
+        raise AssertionError("no test image without detections")
 
 
 def test_small_or_wrong_samples_are_clear_errors():

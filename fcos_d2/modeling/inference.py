@@ -39,10 +39,17 @@ def recording() -> bool:
 def class_offset_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float):
     """Class-aware NMS as one NMS over the boxes shifted apart by class: what torchvision's
     ``batched_nms`` computes for up to 1000 boxes on CPU and while tracing, without its
-    branch on the number of boxes, which ``torch.export`` cannot record."""
+    branch on the number of boxes, which ``torch.export`` cannot record.
+
+    torchvision declares to ``torch.export`` that its NMS keeps at least 2 boxes (the
+    recorded graph asserts it): two lowest-scored boxes apart from all others (at negative
+    coordinates) make that true for 0 or 1 candidates, and are dropped from the result."""
     top = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max()  # defined for 0 boxes too
     shifted = boxes + (classes.to(boxes) * (top + 1))[:, None]
-    return nms(shifted, scores, iou_threshold)
+    apart = boxes.new_tensor([[-3.0, -3.0, -2.0, -2.0], [-6.0, -6.0, -5.0, -5.0]])
+    lowest = scores.new_full((2,), -1.0)  # candidates' scores are >= 0
+    keep = nms(torch.cat([shifted, apart]), torch.cat([scores, lowest]), iou_threshold)
+    return keep[:-2]  # best first: the two added boxes come last
 
 
 def decode_boxes(points: Tensor, dists: Tensor, stride: float) -> Tensor:
