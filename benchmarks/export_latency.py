@@ -22,15 +22,27 @@ graph's post-processing by itself (the model's ``detect_image`` exported on the 
 outputs of the image). The random head
 gives almost no detections (scores about 0.01 < the 0.05 threshold); ``worst case``
 rows raise the class bias so that every score passes (1000 candidates per level, NMS over
-5000) -- the most post-processing can cost. Every table names the CPU model (lscpu),
+5000) -- the most post-processing can cost. Every table names the CPU model and vector extensions,
 threads, versions and the load average.
+
+``--torch-export`` adds the ``torch.export`` paths (:mod:`fcos_d2.export.torch_export`), each
+of the end-to-end graph without the in-graph resize, on the already-resized image, recorded
+once per model with symbolic height and width (so one recording serves every size):
+
+* **eager float32**: the eager model with ``TEST.AMP`` off (the exported graphs compute in
+  float32; **eager** follows the config's ``TEST.AMP`` policy: bfloat16 autocast on CPUs
+  with AMX);
+* **ExportedProgram**: ``torch.export.load(...).module()``;
+* **ORT dynamo**: ONNX from the ``torch.export``-based exporter, in ONNX Runtime;
+* **AOTInductor**: the compiled package (``aoti_load_package``); compiling ResNet-50 takes
+  minutes on few cores.
+
+``--json PATH`` writes the rows as JSON (with the header facts) beside the markdown.
 """
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,21 +56,12 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
 from fcos_d2.export import FCOSRawOutputs, export_end_to_end, export_onnx, preprocess
+from fcos_d2.export.torch_export import export_graph, load_runner, min_image_size
+from fcos_d2.modeling.execution import cpu_description
 from fcos_d2.modeling.pipeline import FCOSPredictions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "COCO-Detection", "FCOS_R_50_1x.yaml")
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def parse_size(text: str):
@@ -150,6 +153,51 @@ def ort_runners(cfg, model, image, folder, threads):
     }
 
 
+TORCH_EXPORT_FILES = {"ExportedProgram": ("pt2", "model.pt2"),
+                      "ORT dynamo": ("onnx-dynamo", "model.onnx"),
+                      "AOTInductor": ("aoti", "model_aoti.pt2")}  # fmt: skip
+
+
+def float32_eager(config_file: str, model):
+    """The same weights with TEST.AMP off: eager inference in float32."""
+    cfg = fcos_d2.setup_cfg(
+        config_file, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "TEST.AMP.ENABLED", "False"]
+    )
+    float_model = build_model(cfg).eval()
+    float_model.load_state_dict(model.state_dict())
+    return cfg, float_model
+
+
+def torch_export_runners(cfg, model, float_model, folder):
+    """Runners of the torch.export paths (each recorded once, for every size) on the
+    resized image, and eager float32 on it."""
+    smallest = min_image_size(model)
+    side = -(-smallest // 32) * 32
+    sample = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (side, side, 3), np.uint8))
+    loaded = {}
+    for name, (fmt, file) in TORCH_EXPORT_FILES.items():
+        start = time.perf_counter()
+        print(f"recording and writing {name} ({fmt})...", flush=True)
+        path = os.path.join(folder, file)
+        export_graph(model, sample, path, fmt, "end_to_end")
+        loaded[name] = load_runner(path, fmt)
+        print(f"  {name} ready in {time.perf_counter() - start:.0f} s", flush=True)
+
+    def eager_float32(resized):
+        chw = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))).float()
+        with torch.no_grad():
+            return len(float_model([{"image": chw}])[0]["instances"])
+
+    def timed(run):
+        def call(resized):
+            with torch.no_grad():
+                return len(run(torch.from_numpy(resized))[0])
+
+        return call
+
+    return {"eager float32": eager_float32, **{n: timed(r) for n, r in loaded.items()}}
+
+
 def measure(runners, image, repeats):
     """Median seconds per runner, the runners taking turns; and their detection counts."""
     times = {name: [] for name in runners}
@@ -170,13 +218,16 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch and ORT threads (0: default)")
     parser.add_argument("--no-worst-case", action="store_true")
     parser.add_argument("--output", default="", help="also write the table (markdown) here")
+    parser.add_argument("--json", default="", help="also write the rows (JSON) here")
+    parser.add_argument("--torch-export", action="store_true",
+                        help="add ExportedProgram, ORT dynamo and AOTInductor (slow to compile)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     header = (
         f"{os.path.relpath(args.config_file, ROOT)}; "
-        f"CPU: {cpu_model()}, {torch.get_num_threads()} torch threads, ORT "
+        f"CPU: {cpu_description()}, {torch.get_num_threads()} torch threads, ORT "
         f"{onnxruntime.__version__} ({args.threads or 'default'} threads), torch "
         f"{torch.__version__}, load average before: {os.getloadavg()[0]:.2f}"
     )
@@ -186,14 +237,27 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         for worst_case in cases:
             cfg, model = build(args.config_file, worst_case)
+            head = "every score passes" if worst_case else "random"
+            recorded = {}
+            if args.torch_export:
+                _, float_model = float32_eager(args.config_file, model)
+                recorded = torch_export_runners(cfg, model, float_model, folder)
             for height, width in args.sizes:
+                print(f"timing {height}x{width}, head: {head}...", flush=True)
                 image = np.random.default_rng(0).integers(0, 256, (height, width, 3), np.uint8)
                 runners = {"eager": eager_runner(cfg, model)}
                 runners.update(ort_runners(cfg, model, image, folder, args.threads))
+                resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+                resized = resize.get_transform(image).apply_image(image)
+                runners.update({name: (lambda _, run=run: run(resized))
+                                for name, run in recorded.items()})  # fmt: skip
                 medians, counts = measure(runners, image, args.repeats)
                 row = {"size": f"{height}x{width}", "worst_case": worst_case,
+                       "eager_precision": str(model.autocast_dtype or torch.float32),
                        "detections": counts["eager"], "ort_detections": counts["ORT end-to-end"],
                        **{k: round(v * 1000, 1) for k, v in medians.items()}}  # fmt: skip
+                if recorded:
+                    row["torch_export_detections"] = {n: counts[n] for n in recorded}
                 row["ratio"] = round(medians["ORT end-to-end"] / medians["eager"], 3)
                 post = medians["ORT no-resize"] - medians["ORT raw graph"]
                 row["post_ms"] = round(post * 1000, 1)
@@ -216,12 +280,40 @@ def main(argv=None) -> int:
             f"{r['ORT no-resize']} | {r['ORT raw graph']} | {r['resize_ms']} | {r['post_ms']} | "
             f"{r['ORT post-processing alone']} |"
         )
+    if args.torch_export:
+        lines += ["", torch_export_table(rows)]
     table = "\n".join(lines)
     print(table)
     if args.output:
         with open(args.output, "w") as f:
             f.write(table + "\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"header": lines[0], "repeats": args.repeats, "rows": rows}, f, indent=1)
     return 0
+
+
+def torch_export_table(rows) -> str:
+    """The torch.export paths next to eager and the TorchScript-based ONNX no-resize graph:
+    milliseconds, and in brackets the ratio to eager float32."""
+    names = ["ORT no-resize", *TORCH_EXPORT_FILES]
+    lines = [
+        "torch.export paths, end-to-end graph without the in-graph resize, on the resized "
+        "image; ms (ratio to eager float32)",
+        "",
+        "| input | head | eager, TEST.AMP policy (ms) | eager float32 (ms) | "
+        + " | ".join(f"{n} (ms)" for n in names) + " |",
+        "|---" * (4 + len(names)) + "|",
+    ]
+    for r in rows:
+        base = r["eager float32"]
+        cells = [f"{r[n]} ({r[n] / base:.2f})" for n in names]
+        lines.append(
+            f"| {r['size']} | {'every score passes' if r['worst_case'] else 'random'} | "
+            f"{r['eager']} ({r['eager_precision'].replace('torch.', '')}) | {base} | "
+            + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
