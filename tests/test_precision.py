@@ -206,16 +206,16 @@ def test_the_policy_follows_the_mode_not_the_grad_mode(one_thread):
 
 
 # ---- SOLVER.AMP: training on CPU ------------------------------------------------------
-def _train_cfg(tmp_path, precision, iters):
+def _train_cfg(tmp_path, precision, iters, size=128, batch=4):
     from fcos_d2.data import DEMO_CLASSES
 
     cfg = tiny_cfg(num_classes=len(DEMO_CLASSES))
     cfg.DATASETS.TRAIN = ("fcos_demo_train_mini",)
     cfg.DATASETS.TEST = ()
     cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.INPUT.MIN_SIZE_TRAIN = (128,)
-    cfg.INPUT.MAX_SIZE_TRAIN = 128
-    cfg.SOLVER.IMS_PER_BATCH = 4
+    cfg.INPUT.MIN_SIZE_TRAIN = (size,)
+    cfg.INPUT.MAX_SIZE_TRAIN = size
+    cfg.SOLVER.IMS_PER_BATCH = batch
     cfg.SOLVER.BASE_LR = 0.01
     cfg.SOLVER.MAX_ITER = iters
     cfg.SOLVER.STEPS = ()
@@ -236,11 +236,20 @@ def _losses(trainer):
 
 @pytest.mark.slow
 def test_float16_training_with_a_grad_scaler_on_cpu_and_resume(tmp_path, one_thread):
-    """CUDA's AMP numerics (float16 autocast + GradScaler) run on the CPU: 30 iterations,
-    finite losses; a run resumed from the iteration-20 checkpoint restores the scaler."""
+    """CUDA's AMP numerics (float16 autocast + GradScaler) run on the CPU: 30 iterations
+    on the demo data, finite losses; a run resumed from the iteration-20 checkpoint
+    restores the scaler. PyTorch's CPU float16 convolution backward is slow (about 8x
+    float32), so this run uses a quarter-width MobileNetV2 at 64 px."""
     from fcos_d2.engine import AMPTrainer, Trainer
 
-    cfg = _train_cfg(tmp_path, "float16", 30)
+    cfg = _train_cfg(tmp_path, "float16", 30, size=64, batch=2)
+    cfg.merge_from_file("configs/FCOS-Demo/fcos_MobileNetV2_demo.yaml")
+    cfg.merge_from_list(["MODEL.MOBILENET.WIDTH_MULT", 0.25, "MODEL.FPN.OUT_CHANNELS", 32])
+    cfg.merge_from_list(["DATASETS.TEST", (), "OUTPUT_DIR", str(tmp_path)])
+    cfg.merge_from_list(["INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MAX_SIZE_TRAIN", 64])
+    cfg.merge_from_list(["SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 30])
+    cfg.merge_from_list(["SOLVER.CHECKPOINT_PERIOD", 10, "SOLVER.WARMUP_ITERS", 5])
+    cfg.merge_from_list(["SOLVER.STEPS", (), "SOLVER.BASE_LR", 0.01])
     cfg.freeze()
     trainer = Trainer(cfg)
     assert isinstance(trainer._trainer, AMPTrainer)
@@ -316,3 +325,27 @@ def test_two_stage_model_follows_test_amp_with_float32_detections(one_thread):
     assert out.scores.dtype == torch.float32 and out.pred_boxes.tensor.dtype == torch.float32
     assert len(out) > 10
     assert torch.allclose(out.scores[:5], ref.scores[:5], atol=0.02)
+
+
+def test_detectron2_default_predictor_and_tta_get_test_amp(one_thread):
+    """Clients that only build and call the model (Detectron2's DefaultPredictor, TTA)
+    run it under TEST.AMP with no wrapping of their own."""
+    import numpy as np
+    from detectron2.engine import DefaultPredictor
+
+    from fcos_d2.modeling.tta import FCOSWithTTA
+
+    cfg = tiny_cfg()
+    cfg.TEST.AMP.ENABLED = True
+    cfg.TEST.AMP.PRECISION = "bfloat16"
+    predictor = DefaultPredictor(cfg)
+    dtypes = _conv_output_dtypes(predictor.model)
+    image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    out = predictor(image)["instances"]
+    assert set(dtypes) == {torch.bfloat16} and out.scores.dtype == torch.float32
+    cfg.TEST.AUG.MIN_SIZES = (96,)
+    cfg.TEST.AUG.FLIP = False
+    dtypes.clear()
+    tta = FCOSWithTTA(cfg, predictor.model)
+    tta([{"image": torch.as_tensor(image).permute(2, 0, 1).float()}])
+    assert dtypes and set(dtypes) == {torch.bfloat16}
