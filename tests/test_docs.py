@@ -25,7 +25,10 @@ PAGES = ["README.md"] + sorted(
 )
 CHANGELOG = "CHANGELOG.md"
 #: Paths of Detectron2's repository that the pages name (not files of this one).
-DETECTRON2_PATHS = {"tools/train_net.py", "tools/lazyconfig_train_net.py", "demo/demo.py"}
+DETECTRON2_PATHS = {
+    "tools/train_net.py", "tools/lazyconfig_train_net.py", "tools/deploy/export_model.py",
+    "demo/demo.py",
+}
 PATH_PATTERN = re.compile(
     r"(?<![\w/.~$-])((?:configs|tools|benchmarks|scripts|fcos_d2|tests|docs|\.ci)/[\w./*-]*[\w*]"
     r"|(?:train_net|demo|setup)\.py|requirements\.txt|Makefile|CHANGELOG\.md)"

@@ -87,6 +87,7 @@ def plot(
                             textcoords="offset points", xytext=(4, 0))
             ax.set_ylabel("box AP (%)")
             ax.legend(fontsize=7)
+        ax.set_xlim(0, max(records) * 1.1)  # every panel over the whole run
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
     if title:
