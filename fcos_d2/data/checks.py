@@ -2,18 +2,23 @@
 from typing import Dict, List, Optional
 
 from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, RetinaNet
 
 __all__ = ["expected_num_classes", "check_dataset_classes"]
 
 
 def expected_num_classes(cfg) -> Optional[tuple]:
     """(config key, number of classes) that the model's classifier has, if known."""
-    arch = cfg.MODEL.META_ARCHITECTURE
-    if arch == "FCOS":
+    name = cfg.MODEL.META_ARCHITECTURE
+    if name == "FCOS":
         return "MODEL.FCOS.NUM_CLASSES", cfg.MODEL.FCOS.NUM_CLASSES
-    if arch == "RetinaNet":
+    try:  # subclasses too, e.g. AMPGeneralizedRCNN
+        arch = META_ARCH_REGISTRY.get(name)
+    except KeyError:
+        return None
+    if issubclass(arch, RetinaNet):
         return "MODEL.RETINANET.NUM_CLASSES", cfg.MODEL.RETINANET.NUM_CLASSES
-    if arch == "GeneralizedRCNN":
+    if issubclass(arch, GeneralizedRCNN):
         return "MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES
     return None
 
