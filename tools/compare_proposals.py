@@ -197,6 +197,7 @@ def main(argv=None):
         "--json", default="output/compare_proposals.json", help="where the results go"
     )
     parser.add_argument("--no-timing", action="store_true", help="accuracy only")
+    parser.add_argument("--recall-only", action="store_true", help="proposal AR@100 only")
     parser.add_argument("--rows", default="", help="only the rows whose name contains this")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for all")
@@ -236,9 +237,11 @@ def main(argv=None):
             print(f"[{i}/{len(specs)}] {name}: evaluating", flush=True)
             slug = "".join(c if c.isalnum() else "_" for c in name)
             folder = os.path.join(cfg.OUTPUT_DIR, "compare", slug)
-            rows[name].update(box_ap(cfg, load_model(cfg, weights[name]), folder))
+            model = load_model(cfg, weights[name])
+            if not args.recall_only:
+                rows[name].update(box_ap(cfg, model, folder))
             # the ablations keep their model's top-100 proposals: the same AR@100
-            if cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN" and name in MODELS:
+            if getattr(model, "proposal_generator", None) is not None and name in MODELS:
                 rows[name]["AR@100"] = proposal_recall(cfg, weights[name], folder)
 
     timed = [] if args.no_timing else [name for name in MODELS if name in specs]
