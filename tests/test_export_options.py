@@ -190,10 +190,10 @@ OPTIONS = {
     "score_sqrt": ({("postprocessor", "score_sqrt"): False}, {}),
     "min_box_size": ({("postprocessor", "min_box_size"): 4.0}, {}),
     "thresh_on_final_score": ({("postprocessor", "thresh_on_final_score"): True}, {}),
-    "remove_small_boxes": ({("postprocessor", "remove_small_boxes"): False}, {}),
-    "remove_empty_boxes": (
-        {("postprocessor", "remove_small_boxes"): False, ("model", "remove_empty_boxes"): False},
-        {("postprocessor", "remove_small_boxes"): False},
+    "remove_empty_boxes": ({("postprocessor", "remove_empty_boxes"): False}, {}),
+    "rescale_remove_empty_boxes": (
+        {("postprocessor", "remove_empty_boxes"): False, ("model", "remove_empty_boxes"): False},
+        {("postprocessor", "remove_empty_boxes"): False},
     ),
 }
 
@@ -212,7 +212,8 @@ def configured(changes):
 def test_options_cover_the_modules():
     """Every post-processor argument and every location / rescaling option is tested here
     and written to export_info.json."""
-    post_args = set(inspect.signature(FCOSPostProcessor.__init__).parameters) - {"self"}
+    parameters = inspect.signature(FCOSPostProcessor.__init__).parameters.values()
+    post_args = {p.name for p in parameters if p.kind == inspect.Parameter.KEYWORD_ONLY}
     tested = {name for changes, _ in OPTIONS.values() for _, name in changes}
     assert post_args | {"location_offset", "spacing_from_input", "remove_empty_boxes"} == tested
     options = output_options(configured({}))
@@ -261,7 +262,7 @@ def test_export_info_lists_the_models_options(tmp_path, end_to_end):
     assert info["locations"] == {"location_offset": 0.0, "spacing_from_input": True}
     assert info["rescale"] == {"remove_empty_boxes": False}
     post = info["postprocess"]
-    assert post["thresh_on_final_score"] is True and post["remove_small_boxes"] is False
+    assert post["thresh_on_final_score"] is True and post["remove_empty_boxes"] is False
     assert post["score_thresh"] == 0.2 and post["nms_thresh"] == 0.6
     assert info["precision"] == "float32" and info["input"]["channel_order"] == "RGB"
     assert info["input"]["pixel_mean"] == pytest.approx([123.675, 116.28, 103.53])
@@ -288,11 +289,11 @@ def test_rescale_boxes_is_detectron2s_detector_postprocess():
         boxes[::7, 2] = boxes[::7, 0]  # empty ones
         result = Instances(size, pred_boxes=Boxes(boxes.clone()), scores=torch.rand(200))
         expected = detector_postprocess(result, *out_size)
-        ours, keep = rescale_boxes(boxes, size, out_size, remove_empty=True)
+        ours, keep = rescale_boxes(boxes, size, out_size, remove_empty_boxes=True)
         assert torch.equal(ours[keep], expected.pred_boxes.tensor)
         graph, graph_keep = rescale_boxes(
-            boxes, torch.tensor(size), torch.tensor(out_size), remove_empty=True
+            boxes, torch.tensor(size), torch.tensor(out_size), remove_empty_boxes=True
         )
         assert torch.equal(graph, ours) and torch.equal(graph_keep, keep)
-        _, kept_all = rescale_boxes(boxes, size, out_size, remove_empty=False)
+        _, kept_all = rescale_boxes(boxes, size, out_size, remove_empty_boxes=False)
         assert bool(kept_all.all())

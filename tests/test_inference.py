@@ -117,3 +117,59 @@ def test_select_level_equals_brute_force(thresh_with_ctr, pre_nms_topk):
         x, y = points[r].tolist()
         l, t, rr, b = (dists[r] * stride).tolist()
         assert box == pytest.approx([x - l, y - t, x + rr, y + b])
+
+
+def test_final_detections_drop_non_finite_and_empty_boxes_before_nms():
+    """Candidates given straight to the last step: a NaN score and an infinite box are
+    dropped (not clipped into the image), so is a box that clipping leaves empty; NMS
+    within a class then keeps the best of two overlapping boxes, not across classes."""
+    boxes = torch.tensor([
+        [0.0, 0.0, 10.0, 10.0],  # class 0, kept
+        [1.0, 1.0, 10.0, 10.0],  # class 0, IoU 0.81 with the first: suppressed
+        [1.0, 1.0, 10.0, 10.0],  # class 1: kept
+        [2.0, 2.0, float("inf"), 8.0],  # non-finite box
+        [3.0, 3.0, 6.0, 6.0],  # NaN score
+        [20.0, 2.0, 30.0, 8.0],  # outside the 16-wide image: empty once clipped
+    ])  # fmt: skip
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.95, float("nan"), 0.6])
+    classes = torch.tensor([0, 0, 1, 0, 0, 1])
+    post = FCOSPostProcessor(nms_thresh=0.6)
+    out = post.final_detections(boxes, scores, classes, (16, 16))
+    assert out[0].tolist() == [[0, 0, 10, 10], [1, 1, 10, 10]]
+    assert out[1].tolist() == pytest.approx([0.9, 0.7]) and out[2].tolist() == [0, 1]
+    kept = FCOSPostProcessor(nms_thresh=0.6, remove_empty_boxes=False).final_detections(
+        boxes, scores, classes, (16, 16)
+    )
+    assert kept[0].tolist() == [[0, 0, 10, 10], [1, 1, 10, 10], [16, 2, 16, 8]]
+    top1 = FCOSPostProcessor(nms_thresh=0.6, post_nms_topk=1)
+    assert top1.final_detections(boxes, scores, classes, (16, 16))[2].tolist() == [0]
+
+
+def test_old_argument_names_still_work_with_a_warning():
+    """``remove_small_boxes`` (post-processor), ``keep_empty`` (the opposite sense, rescaling
+    to the output size) and ``remove_empty`` (rescale_boxes) were the earlier names of
+    ``remove_empty_boxes``."""
+    from fcos_d2.modeling.inference import rescale_boxes
+    from detectron2.structures import Boxes, Instances
+
+    with pytest.warns(FutureWarning, match="use remove_empty_boxes=False"):
+        post = FCOSPostProcessor(remove_small_boxes=False)
+    assert post.remove_empty_boxes is False
+    assert FCOSPostProcessor().remove_empty_boxes is True
+    with pytest.raises(TypeError, match="unexpected keyword argument 'remove_boxes'"):
+        FCOSPostProcessor(remove_boxes=False)
+
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [2.0, 0.0, 2.0, 4.0]])  # the second: empty
+    result = Instances((8, 8), pred_boxes=Boxes(boxes), scores=torch.tensor([0.9, 0.8]))
+    sizes, inputs = [(8, 8)], [{"height": 16, "width": 16}]
+    with pytest.warns(FutureWarning, match="use remove_empty_boxes=False instead of keep_empty"):
+        old = FCOS.postprocess_to_original([result], inputs, sizes, keep_empty=True)
+    new = FCOS.postprocess_to_original([result], inputs, sizes, remove_empty_boxes=False)
+    assert old[0]["instances"].pred_boxes.tensor.tolist() == [[0, 0, 8, 8], [4, 0, 4, 8]]
+    assert torch.equal(old[0]["instances"].pred_boxes.tensor, new[0]["instances"].pred_boxes.tensor)
+    assert len(FCOS.postprocess_to_original([result], inputs, sizes)[0]["instances"]) == 1
+
+    with pytest.warns(FutureWarning, match="'remove_empty' is deprecated"):
+        _, keep = rescale_boxes(boxes, (8, 8), (16, 16), remove_empty=False)
+    assert keep.tolist() == [True, True]
+    assert rescale_boxes(boxes, (8, 8), (16, 16))[1].tolist() == [True, False]

@@ -294,14 +294,14 @@ def test_threshold_on_the_final_score_and_empty_boxes():
     assert default.pred_boxes.tensor.tolist() == [[0, 0, 8, 8], [10, 2, 14, 6]]
     final = run(thresh_on_final_score=True)  # the empty box is dropped
     assert final.pred_boxes.tensor.tolist() == [[0, 0, 8, 8]]
-    torchvision = run(thresh_on_final_score=True, remove_small_boxes=False)
+    torchvision = run(thresh_on_final_score=True, remove_empty_boxes=False)
     torch.testing.assert_close(torchvision.scores, torch.tensor([0.5, 0.3]))
     assert torchvision.pred_boxes.tensor.tolist() == [[0, 0, 8, 8], [20, 0, 20, 8]]
 
     inputs = [{"height": 64, "width": 16}]  # output size: x 0.5, y 2
-    kept = FCOS.postprocess_to_original([torchvision], inputs, size, keep_empty=True)
+    kept = FCOS.postprocess_to_original([torchvision], inputs, size, remove_empty_boxes=False)
     assert kept[0]["instances"].pred_boxes.tensor.tolist() == [[0, 0, 4, 16], [10, 0, 10, 16]]
-    torchvision = run(thresh_on_final_score=True, remove_small_boxes=False)  # rescaled in place
+    torchvision = run(thresh_on_final_score=True, remove_empty_boxes=False)  # rescaled in place
     dropped = FCOS.postprocess_to_original([torchvision], inputs, size)
     assert dropped[0]["instances"].pred_boxes.tensor.tolist() == [[0, 0, 4, 16]]
 

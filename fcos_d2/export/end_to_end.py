@@ -93,7 +93,7 @@ class FCOSEndToEnd(nn.Module):
         )
         if self.resize is not None:  # to the original image, as eager inference rescales
             boxes, keep = rescale_boxes(
-                boxes, input_size, original, remove_empty=self.model.remove_empty_boxes
+                boxes, input_size, original, remove_empty_boxes=self.model.remove_empty_boxes
             )
             boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
         return boxes, scores, classes

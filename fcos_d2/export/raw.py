@@ -68,7 +68,11 @@ def output_options(model: nn.Module) -> Dict[str, Any]:
     argument of the post-processor (thresholds, top-k, NMS, score and box rules), and
     whether rescaling drops empty boxes."""
     post = model.postprocessor
-    names = [n for n in inspect.signature(type(post).__init__).parameters if n != "self"]
+    names = [
+        name
+        for name, parameter in inspect.signature(type(post).__init__).parameters.items()
+        if parameter.kind == inspect.Parameter.KEYWORD_ONLY  # not self, nor renamed ones
+    ]
     return {
         "locations": {
             "location_offset": model.location_offset,
@@ -124,7 +128,7 @@ def run_exported(
     batched_inputs: List[Dict[str, Tensor]],
 ) -> List[Dict[str, Instances]]:
     """Full inference with an exported graph: :func:`preprocess`, ``run`` (e.g. the traced
-    module, or an onnxruntime session wrapped to take and return tensors), then
+    module, or an ONNX Runtime InferenceSession wrapped to take and return tensors), then
     :func:`postprocess`."""
     images = preprocess(model, batched_inputs)
     outputs = [torch.as_tensor(o) for o in run(images.tensor)]

@@ -1,7 +1,7 @@
 """FCOS post-processing: dense head outputs -> scored, class-aware-NMS'ed boxes."""
 import logging
 import math
-from typing import TYPE_CHECKING, List, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, List, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -12,10 +12,21 @@ from detectron2.config import configurable
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.logger import log_every_n_seconds
 
+from .deprecation import renamed_argument
+
 if TYPE_CHECKING:  # pipeline imports this module
     from .pipeline import FCOSPredictions
 
-__all__ = ["FCOSPostProcessor", "decode_boxes", "clip_boxes", "rescale_boxes", "to_instances"]
+__all__ = [
+    "FCOSPostProcessor",
+    "class_aware_nms",
+    "clip_boxes",
+    "decode_boxes",
+    "finite_mask",
+    "nonempty_mask",
+    "rescale_boxes",
+    "to_instances",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +63,39 @@ def class_offset_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_thresho
     return keep[:-2]  # best first: the two added boxes come last
 
 
+def class_aware_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float):
+    """Indices of the boxes that NMS within each class keeps, best score first:
+    torchvision's ``batched_nms``, or :func:`class_offset_nms` under ``torch.export``."""
+    if torch.compiler.is_exporting():
+        return class_offset_nms(boxes, scores, classes, iou_threshold)
+    return batched_nms(boxes, scores, classes, iou_threshold)
+
+
+def finite_mask(boxes: Tensor, scores: Tensor) -> Tensor:
+    """(M,) whether a candidate's box and score are finite; the number of the others (from
+    a head whose outputs overflowed or diverged) goes to a log line, except while a graph
+    is being recorded."""
+    finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
+    if not recording():
+        dropped = len(finite) - int(finite.count_nonzero())
+        if dropped:
+            log_every_n_seconds(
+                logging.WARNING,
+                f"FCOS post-processing dropped {dropped} candidates with a non-finite "
+                "box or score (the head's outputs overflowed or diverged)",
+                n=10,
+                name=__name__,
+            )
+    return finite
+
+
+def nonempty_mask(boxes: Tensor, min_size: float = 0.0) -> Tensor:
+    """(M,) whether an (M, 4) XYXY box is wider and higher than ``min_size``; for 0,
+    Detectron2's ``Boxes.nonempty()``."""
+    widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    return (widths > min_size) & (heights > min_size)
+
+
 def decode_boxes(points: Tensor, dists: Tensor, stride: float) -> Tensor:
     """(M, 2) points and (M, 4) ltrb distances in stride units -> (M, 4) XYXY boxes."""
     dists = dists * stride
@@ -80,7 +124,8 @@ def rescale_boxes(
     boxes: Tensor,
     from_size: Union[Tuple[int, int], Tensor],
     to_size: Union[Tuple[int, int], Tensor],
-    remove_empty: bool,
+    remove_empty_boxes: bool = True,
+    **renamed,
 ) -> Tuple[Tensor, Tensor]:
     """(M, 4) XYXY boxes in an image of ``from_size`` -> in one of ``to_size``, clipped to
     it, as Detectron2's ``detector_postprocess`` does (the scale computed in float64,
@@ -89,19 +134,22 @@ def rescale_boxes(
     Args:
         from_size, to_size: (height, width): Python ints, 0-dim tensors or a (2,) int64
             tensor (an exported graph's dynamic sizes).
-        remove_empty: whether the returned mask drops the boxes left with no area
-            (``detector_postprocess`` drops them; torchvision keeps them).
+        remove_empty_boxes: whether the returned mask drops the boxes left with no area
+            (``detector_postprocess`` drops them; torchvision keeps them); its deprecated
+            name is ``remove_empty``.
     Returns:
         the (M, 4) boxes and an (M,) bool mask of those to keep.
     """
+    remove_empty_boxes = renamed_argument(
+        "rescale_boxes", renamed, "remove_empty", "remove_empty_boxes", remove_empty_boxes
+    )
     to_size, from_size = _size_tensor(to_size), _size_tensor(from_size)
     scale = (to_size.double() / from_size.double()).to(boxes.dtype)  # (2,) y, x
     boxes = boxes * torch.stack([scale[1], scale[0], scale[1], scale[0]])
     boxes = clip_boxes(boxes, (to_size[0], to_size[1]))
-    if not remove_empty:
+    if not remove_empty_boxes:
         return boxes, torch.ones_like(boxes[:, 0], dtype=torch.bool)
-    widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    return boxes, (widths > 0) & (heights > 0)  # Detectron2's Boxes.nonempty()
+    return boxes, nonempty_mask(boxes)
 
 
 def to_instances(
@@ -127,10 +175,11 @@ class FCOSPostProcessor:
     counted in a log line.
 
     torchvision's FCOS instead thresholds the final score (``thresh_on_final_score``) and
-    keeps empty boxes (``remove_small_boxes=False``).
+    keeps empty boxes (``remove_empty_boxes=False``).
 
     :meth:`detect_image` is the whole computation for one image on tensors; it can be
-    traced (``torch.jit.trace``, ONNX export).
+    traced (``torch.jit.trace``, ONNX export). :meth:`final_detections` is its last step
+    (after the per-level selection), which test-time augmentation also merges with.
     """
 
     @configurable
@@ -145,10 +194,15 @@ class FCOSPostProcessor:
         score_sqrt: bool = True,
         min_box_size: float = 0.0,
         thresh_on_final_score: bool = False,
-        remove_small_boxes: bool = True,
+        remove_empty_boxes: bool = True,
+        **renamed,
     ):
+        """``remove_small_boxes`` is the deprecated name of ``remove_empty_boxes``."""
+        self.remove_empty_boxes = renamed_argument(
+            "FCOSPostProcessor", renamed, "remove_small_boxes", "remove_empty_boxes",
+            remove_empty_boxes,
+        )
         self.thresh_on_final_score = thresh_on_final_score
-        self.remove_small_boxes = remove_small_boxes
         self.score_thresh = score_thresh
         self.pre_nms_topk = pre_nms_topk
         self.post_nms_topk = post_nms_topk
@@ -168,7 +222,7 @@ class FCOSPostProcessor:
             "thresh_with_ctr": fcos.THRESH_WITH_CTR,
             "score_sqrt": fcos.SCORE_SQRT,
             "thresh_on_final_score": fcos.THRESH_ON_FINAL_SCORE,
-            "remove_small_boxes": fcos.REMOVE_EMPTY_BOXES,
+            "remove_empty_boxes": fcos.REMOVE_EMPTY_BOXES,
         }
 
     def __call__(
@@ -204,7 +258,7 @@ class FCOSPostProcessor:
             )
         ]
         boxes, scores, classes = (torch.cat(x) for x in zip(*per_level))
-        return self.nms(boxes, scores, classes, image_size)
+        return self.final_detections(boxes, scores, classes, image_size)
 
     def select_level(
         self, points: Tensor, stride: int, logits: Tensor, dists: Tensor, ctrness: Tensor
@@ -260,31 +314,20 @@ class FCOSPostProcessor:
         scores, index = scores[keep], index[keep]
         return index // num_classes, index % num_classes, scores
 
-    def nms(
+    def final_detections(
         self, boxes: Tensor, scores: Tensor, classes: Tensor, image_size: Size
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        """Clip, drop non-finite and small boxes, class-aware NMS, top-k: (D, 4) boxes,
-        (D,) scores and (D,) classes, best score first."""
-        finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
-        if not recording():
-            dropped = len(finite) - int(finite.count_nonzero())
-            if dropped:
-                log_every_n_seconds(
-                    logging.WARNING,
-                    f"FCOS post-processing dropped {dropped} candidates with a non-finite "
-                    "box or score (the head's outputs overflowed or diverged)",
-                    n=10,
-                    name=__name__,
-                )
+        """Candidates of one image -> its detections: (D, 4) boxes clipped to
+        ``image_size``, (D,) scores and (D,) classes, best score first.
+
+        Drops the candidates with a non-finite box or score and (with
+        ``remove_empty_boxes``) those whose clipped box is not larger than
+        ``min_box_size``, then keeps the ``post_nms_topk`` best after class-aware NMS.
+        """
+        keep = finite_mask(boxes, scores)  # before clipping, which makes inf coordinates finite
         boxes = clip_boxes(boxes, image_size)
-        widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        keep = finite
-        if self.remove_small_boxes:
-            keep = keep & (widths > self.min_box_size) & (heights > self.min_box_size)
+        if self.remove_empty_boxes:
+            keep = keep & nonempty_mask(boxes, self.min_box_size)
         boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
-        if torch.compiler.is_exporting():
-            keep = class_offset_nms(boxes, scores, classes, self.nms_thresh)
-        else:
-            keep = batched_nms(boxes, scores, classes, self.nms_thresh)
-        keep = keep[: self.post_nms_topk]
+        keep = class_aware_nms(boxes, scores, classes, self.nms_thresh)[: self.post_nms_topk]
         return boxes[keep], scores[keep], classes[keep]

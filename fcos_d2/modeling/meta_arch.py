@@ -8,6 +8,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import Boxes, ImageList, Instances
 
+from .deprecation import renamed_argument
 from .fold_bn import FoldedBatchNormCache, fold_frozen_batchnorm_per_forward
 from .head import FCOSHead
 from .inference import FCOSPostProcessor, rescale_boxes
@@ -59,8 +60,9 @@ class FCOS(FCOSPipeline):
             target_assigner, losses, postprocessor: see their classes.
             pixel_mean, pixel_std: per-channel input normalisation.
             channels_last: (in training, at inference), or one bool for both: keep conv
-                weights and activations in NHWC memory format in that mode (same results up to float rounding;
-                see :mod:`fcos_d2.modeling.execution` for which is faster where).
+                weights and activations in NHWC memory format in that mode (same results
+                up to float rounding; see :mod:`fcos_d2.modeling.execution` for which is
+                faster where).
             precision: (in training, at inference) the dtype the backbone and head run
                 in under autocast (``torch.float16`` / ``torch.bfloat16``), None for
                 float32 (``SOLVER.AMP`` / ``TEST.AMP``, see
@@ -214,7 +216,7 @@ class FCOS(FCOSPipeline):
         images' sizes before padding (the raw exported graph's outputs go through here)."""
         results = self.detect(predictions, image_sizes)
         return self.postprocess_to_original(
-            results, batched_inputs, image_sizes, keep_empty=not self.remove_empty_boxes
+            results, batched_inputs, image_sizes, remove_empty_boxes=self.remove_empty_boxes
         )
 
     @staticmethod
@@ -222,17 +224,23 @@ class FCOS(FCOSPipeline):
         results: List[Instances],
         batched_inputs: List[Dict[str, Tensor]],
         image_sizes: List[Tuple[int, int]],
-        keep_empty: bool = False,
+        remove_empty_boxes: bool = True,
+        **renamed,
     ) -> List[Dict[str, Instances]]:
         """Rescale detections to each image's requested output size ("height"/"width",
         default: unchanged), Detectron2's way (``detector_postprocess``: scale, clip, drop
-        empty boxes; :func:`~fcos_d2.modeling.inference.rescale_boxes`); ``keep_empty``
-        keeps the empty boxes."""
+        empty boxes; :func:`~fcos_d2.modeling.inference.rescale_boxes`);
+        ``remove_empty_boxes=False`` keeps the empty boxes (its deprecated form:
+        ``keep_empty=True``)."""
+        remove_empty_boxes = renamed_argument(
+            "FCOS.postprocess_to_original", renamed, "keep_empty", "remove_empty_boxes",
+            remove_empty_boxes, invert=True,
+        )
         processed = []
         for result, inputs, image_size in zip(results, batched_inputs, image_sizes):
             size = (inputs.get("height", image_size[0]), inputs.get("width", image_size[1]))
             boxes, keep = rescale_boxes(
-                result.pred_boxes.tensor, result.image_size, size, remove_empty=not keep_empty
+                result.pred_boxes.tensor, result.image_size, size, remove_empty_boxes
             )
             rescaled = Instances(size, **result.get_fields())
             rescaled.pred_boxes = Boxes(boxes)

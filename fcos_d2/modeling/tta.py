@@ -85,8 +85,10 @@ class FCOSWithTTA(nn.Module):
     def merge(
         self, boxes: Tensor, scores: Tensor, classes: Tensor, image_size
     ) -> Instances:
-        """Class-aware NMS over the detections of all augmentations."""
-        return to_instances(*self.merger.nms(boxes, scores, classes, image_size), image_size)
+        """Class-aware NMS over the detections of all augmentations (clipped to the image,
+        empty boxes dropped)."""
+        merged = self.merger.final_detections(boxes, scores, classes, image_size)
+        return to_instances(*merged, image_size)
 
 
 def with_tta(cfg, model: nn.Module) -> nn.Module:
