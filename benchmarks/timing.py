@@ -57,7 +57,7 @@ def median_time(step: Callable, repeats: int, warmup: int, device: str) -> float
 def range_seconds(step: Callable, name: str, device: str, repeats: int = 1) -> List[float]:
     """Seconds spent inside the profiler range ``name`` during each of ``repeats`` calls of
     ``step`` (summed over its openings in that call; 0 when the step never opens it), in
-    one profiler session. On CUDA this is the host time of the range, which waits for the
+    one profiling run. On CUDA this is the host time of the range, which waits for the
     GPU where the computation needs its results."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(repeats):

@@ -104,7 +104,7 @@ _TUTORIAL = textwrap.dedent(
 
 
 def test_tutorial_order_builds_and_runs_fcos():
-    """The snippet of issue 16: detectron2 imports first, FCOS built and run after."""
+    """The tutorial's order: detectron2 imported first, FCOS built and run after."""
     r = _run(_TUTORIAL)
     assert r["model"] == "FCOS"
     assert r["resized"] == [64, 96, 3]  # 40x60 -> short side 64

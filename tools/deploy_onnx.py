@@ -100,7 +100,7 @@ def check_jpeg_complete(path):
 
 
 class Detector:
-    """An ONNX Runtime session of an end-to-end graph: image -> boxes, scores, classes."""
+    """ONNX Runtime running an end-to-end graph: image -> boxes, scores, classes."""
 
     def __init__(self, model_path, threads=0):
         options = onnxruntime.SessionOptions()
