@@ -90,7 +90,8 @@ def test_head_option_training_step(seeded, key, value):
         assert box_dists[level].shape == (2, 4, size, size)
         assert quality[level].shape == (2, 1, size, size)
         assert (box_dists[level] >= 0).all()
-    assert set(losses) == {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr"}
+    quality_loss = "loss_fcos_iou" if cfg.MODEL.FCOS.BOX_QUALITY == "iou" else "loss_fcos_ctr"
+    assert set(losses) == {"loss_fcos_cls", "loss_fcos_loc", quality_loss}
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
@@ -154,9 +155,10 @@ def test_iou_quality_target_is_the_box_iou():
         torch.tensor([target]),
     )
     expected = sum(bce_with_logit(q, t) for q, t in zip(quality_logits, expected_iou)) / 2
-    assert losses["loss_fcos_ctr"].item() == pytest.approx(expected, rel=1e-5)
+    assert set(losses) == {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_iou"}  # named for it
+    assert losses["loss_fcos_iou"].item() == pytest.approx(expected, rel=1e-5)
     # the target is a constant: the quality loss does not move the boxes
-    (grad,) = torch.autograd.grad(losses["loss_fcos_ctr"], box_dists, allow_unused=True)
+    (grad,) = torch.autograd.grad(losses["loss_fcos_iou"], box_dists, allow_unused=True)
     assert grad is None or (grad == 0).all()
 
 

@@ -16,7 +16,11 @@ __all__ = ["FCOSLosses", "box_iou_ltrb", "iou_loss", "mean_over_workers"]
 
 LOC_LOSS_TYPES = ("iou", "linear_iou", "giou")
 CLS_NORMALIZERS = ("fg", "moving_fg", "all")
-BOX_QUALITIES = ("ctrness", "iou")
+# MODEL.FCOS.BOX_QUALITY -> the name of the quality branch's loss, for what it computes:
+# the BCE against the centerness target has the name AdelaiDet's and Detectron2's FCOS log
+# it under (their metrics and ours compare); the BCE against the box IoU has its own.
+QUALITY_LOSS_NAMES = {"ctrness": "loss_fcos_ctr", "iou": "loss_fcos_iou"}
+BOX_QUALITIES = tuple(QUALITY_LOSS_NAMES)
 _EPS = 1e-6
 _BOUND = torch.finfo(torch.float16).max  # 65504
 MOVING_NUM_FG_INIT = 100.0  # as in AdelaiDet
@@ -78,7 +82,8 @@ def iou_loss(pred: Tensor, target: Tensor, loss_type: str = "giou") -> Tensor:
 
 
 class FCOSLosses(nn.Module):
-    """Computes ``loss_fcos_cls``, ``loss_fcos_loc`` and ``loss_fcos_ctr``.
+    """Computes ``loss_fcos_cls``, ``loss_fcos_loc`` and the box-quality loss,
+    ``loss_fcos_ctr`` (centerness target) or ``loss_fcos_iou`` (IoU target).
 
     * classification: sigmoid focal loss summed over all non-ignored locations, divided by
       the number of positives ("fg", averaged over workers so 1 and N workers agree), by
@@ -199,7 +204,11 @@ class FCOSLosses(nn.Module):
             quality.reshape(-1), quality_targets, reduction="none"
         )
         loss_quality = (quality_bce * pos_weight.reshape(-1)).sum() / num_pos.clamp(min=1.0)
-        return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": loss_loc, "loss_fcos_ctr": loss_quality}
+        return {
+            "loss_fcos_cls": loss_cls,
+            "loss_fcos_loc": loss_loc,
+            QUALITY_LOSS_NAMES[self.box_quality]: loss_quality,
+        }
 
     def cls_normalization(self, num_pos: Tensor, valid: Tensor) -> Tensor:
         """The classification loss's divisor, per ``cls_normalizer``."""

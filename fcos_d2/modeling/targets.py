@@ -174,7 +174,9 @@ class FCOSTargetAssigner:
     ) -> Tuple[Tensor, Tensor]:
         """Targets of one image over all R locations; see :meth:`__call__`."""
         num_points = len(points)
-        labels = torch.full((num_points,), self.num_classes, dtype=torch.int64, device=points.device)
+        labels = torch.full(
+            (num_points,), self.num_classes, dtype=torch.int64, device=points.device
+        )
         reg_targets = points.new_zeros((num_points, 4))
         if len(boxes) == 0:
             return labels, reg_targets
