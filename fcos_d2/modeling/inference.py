@@ -197,7 +197,13 @@ class FCOSPostProcessor:
         remove_empty_boxes: bool = True,
         **renamed,
     ):
-        """``remove_small_boxes`` is the deprecated name of ``remove_empty_boxes``."""
+        """
+        Args:
+            remove_empty_boxes: drop the boxes whose width or height after clipping is not
+                above ``min_box_size`` (the empty ones for 0), ``MODEL.FCOS.REMOVE_EMPTY_BOXES``;
+                ``remove_small_boxes`` is its deprecated name.
+            the others: see the class.
+        """
         self.remove_empty_boxes = renamed_argument(
             "FCOSPostProcessor", renamed, "remove_small_boxes", "remove_empty_boxes",
             remove_empty_boxes,

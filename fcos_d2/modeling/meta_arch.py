@@ -27,6 +27,12 @@ class FCOS(FCOSPipeline):
 
     The steps after the backbone are :class:`~fcos_d2.modeling.pipeline.FCOSPipeline`'s,
     shared with the FCOS proposal generator, the exported graph and TTA.
+
+    ``MODEL.META_ARCHITECTURE: "FCOS"`` builds this class: Detectron2's registry names it
+    after the class, as it does ``RetinaNet``. It is not Detectron2's own, unregistered
+    ``detectron2.modeling.meta_arch.fcos.FCOS`` (a LazyConfig-only model), and
+    ``PROPOSAL_GENERATOR.NAME: "FCOS"`` builds
+    :class:`~fcos_d2.modeling.FCOSProposalGenerator` instead.
     """
 
     @configurable
