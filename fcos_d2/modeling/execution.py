@@ -202,15 +202,12 @@ class ExecutionPolicy:
         ``CHANNELS_LAST``), ``SOLVER.AMP.*`` and ``TEST.AMP.*``."""
         from .memory_format import channels_last_modes  # the deprecated key's handling
 
-        return cls(channels_last=channels_last_modes(cfg), precision=precision_modes(cfg))
-
-    def dtype(self, training: bool) -> Optional[torch.dtype]:
-        return self.precision[0 if training else 1]
-
-    def uses_channels_last(self, training: bool) -> bool:
-        return self.channels_last[0 if training else 1]
+        policy = cls(channels_last=channels_last_modes(cfg), precision=precision_modes(cfg))
+        logger.info(f"Execution on {cfg.MODEL.DEVICE}: {policy.describe()}")
+        return policy
 
     def describe(self) -> str:
+        """E.g. "training NHWC float32, inference NHWC bfloat16", for the log."""
         def name(dtype):
             return "float32" if dtype is None else str(dtype).replace("torch.", "")
 
