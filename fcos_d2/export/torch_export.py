@@ -163,7 +163,11 @@ def write_program(
     elif fmt == "aoti":
         if not path.endswith(".pt2"):
             raise ValueError(f"{path}: AOTInductor packages are .pt2 files")
-        torch._inductor.aoti_compile_and_package(program, package_path=path)
+        # freezing: weights as constants, prepacked for oneDNN's convolutions (without it the
+        # package ran 2-3x slower than eager on CPU)
+        torch._inductor.aoti_compile_and_package(
+            program, package_path=path, inductor_configs={"freezing": True}
+        )
     else:
         raise ValueError(f"unknown torch.export format {fmt!r}: expected one of {FORMATS}")
 
