@@ -45,7 +45,8 @@ class FCOSWithTTA(nn.Module):
         self.model = model
         self.tta_mapper = tta_mapper if tta_mapper is not None else DatasetMapperTTA(cfg)
         self.batch_size = batch_size
-        # The merge is the detector's own final step: class-aware NMS + top-k.
+        # The merge is the post-processor's last step (FCOSPostProcessor.final_detections):
+        # clipping, dropping non-finite and empty boxes, class-aware NMS, top-k.
         self.merger = FCOSPostProcessor(
             nms_thresh=cfg.MODEL.FCOS.NMS_TH, post_nms_topk=cfg.MODEL.FCOS.POST_NMS_TOPK_TEST
         )
