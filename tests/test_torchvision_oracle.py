@@ -60,8 +60,9 @@ def randomize_torchvision_fcos(model: torch.nn.Module, seed: int) -> torch.nn.Mo
                 module.weight.copy_(torch.rand(module.weight.shape, generator=gen) + 0.5)
                 module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
             if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=gen) * 0.1)
-                module.running_var.copy_(torch.rand(module.running_var.shape, generator=gen) + 0.5)
+                mean, var = module.running_mean, module.running_var
+                mean.copy_(torch.randn(mean.shape, generator=gen) * 0.1)
+                var.copy_(torch.rand(var.shape, generator=gen) + 0.5)
         cls_logits = model.head.classification_head.cls_logits
         cls_logits.weight.normal_(0, 0.03, generator=gen)
         bias = torch.full((91,), -1e4)
@@ -133,7 +134,8 @@ def torchvision_detections(model, name: str, per_image: int = 100):
             detections = model(images)
         to_class = {cid: c for c, cid in enumerate(coco_contiguous_category_ids())}
         for det in detections:
-            det["classes"] = torch.tensor([to_class[int(i)] for i in det["labels"]], dtype=torch.long)
+            classes = [to_class[int(i)] for i in det["labels"]]
+            det["classes"] = torch.tensor(classes, dtype=torch.long)
         _ORACLE_CACHE[name, per_image] = detections
     return _ORACLE_CACHE[name, per_image]
 
@@ -320,7 +322,9 @@ def test_fine_tuning_step_on_demo_data(torchvision_fcos, tmp_path):
     files = files["train"]
     name = "torchvision_oracle_demo_train"
     if name not in DatasetCatalog.list():
-        DatasetCatalog.register(name, lambda: load_coco_json(files.json_file, files.image_root, name))
+        DatasetCatalog.register(
+            name, lambda: load_coco_json(files.json_file, files.image_root, name)
+        )
         MetadataCatalog.get(name).set(thing_classes=list(DEMO_CLASSES))
     num_classes = str(len(DEMO_CLASSES))
 
