@@ -34,7 +34,9 @@ def test_unknown_loc_loss_type_is_refused():
 
 def test_fcos_losses_by_hand():
     """Two locations, two classes: one positive (class 1), one background."""
-    losses = FCOSLosses(num_classes=2, focal_alpha=0.25, focal_gamma=2.0, loc_loss_type="linear_iou")
+    losses = FCOSLosses(
+        num_classes=2, focal_alpha=0.25, focal_gamma=2.0, loc_loss_type="linear_iou"
+    )
     logits = torch.zeros(1, 2, 2)  # p = 0.5 everywhere
     box = torch.tensor([[[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]])
     ctr = torch.zeros(1, 2)  # sigmoid 0.5
