@@ -26,7 +26,9 @@ setup(
         "pycocotools>=2.0.2",
     ],
     extras_require={
-        "export": ["onnx>=1.14", "onnxruntime>=1.15", "opencv-python-headless>=4.5"],
+        "export": [
+            "onnx>=1.14", "onnxruntime>=1.15", "onnxscript>=0.5", "opencv-python-headless>=4.5"
+        ],
         "test": ["pytest>=7", "onnx>=1.14", "onnxruntime>=1.15"],
     },
 )
