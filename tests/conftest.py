@@ -8,7 +8,8 @@ from detectron2.structures import Boxes, Instances
 
 def tiny_cfg(two_stage: bool = False, num_classes: int = 3):
     """A small ResNet-18 FCOS (or FCOS-RPN Faster R-CNN) config that runs fast on CPU."""
-    base = "configs/FCOS-RPN/faster_rcnn_R_50_FPN_1x.yaml" if two_stage else "configs/Base-FCOS.yaml"
+    two_stage_base = "configs/FCOS-RPN/faster_rcnn_R_50_FPN_1x.yaml"
+    base = two_stage_base if two_stage else "configs/Base-FCOS.yaml"
     cfg = fcos_d2.setup_cfg(base, freeze=False)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""

@@ -37,7 +37,9 @@ def main():
     args = parser.parse_args()
 
     files = ensure_demo_dataset(args.data_root, splits=("train",), sizes={"train": 16})["train"]
-    DatasetCatalog.register("resume_train", lambda: load_coco_json(files.json_file, files.image_root, "resume_train"))
+    DatasetCatalog.register(
+        "resume_train", lambda: load_coco_json(files.json_file, files.image_root, "resume_train")
+    )
     MetadataCatalog.get("resume_train").set(thing_classes=list(DEMO_CLASSES))
 
     cfg = tiny_cfg(num_classes=len(DEMO_CLASSES))

@@ -101,7 +101,8 @@ def _fake_detectron2(root, c_module=None, dist=False):
     if dist:
         info = root / "pb1_detectron2-0.6.dist-info"
         info.mkdir()
-        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pb1-detectron2\nVersion: 0.6\n")
+        metadata = "Metadata-Version: 2.1\nName: pb1-detectron2\nVersion: 0.6\n"
+        (info / "METADATA").write_text(metadata)
     return str(root)
 
 
@@ -247,7 +248,8 @@ def test_rotated_ops_raise_a_clear_error():
         ),
     ]
     for call in calls:
-        with pytest.raises(_C.CompiledOpsMissingError, match="compiled ops .* absent.*Rotated boxes need a compiled"):
+        message = "compiled ops .* absent.*Rotated boxes need a compiled"
+        with pytest.raises(_C.CompiledOpsMissingError, match=message):
             call()
 
 

@@ -1,5 +1,4 @@
 """The FCOS meta-architecture end to end: registry, a training step, inference, empty images."""
-import copy
 
 import pytest
 import torch

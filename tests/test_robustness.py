@@ -9,7 +9,7 @@ from PIL import Image
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
 from detectron2.utils.events import EventStorage
@@ -18,7 +18,6 @@ from conftest import make_inputs, tiny_cfg
 from fcos_d2 import add_fcos_config
 from fcos_d2.data.checks import check_dataset_classes
 from fcos_d2.data.mapper import BadImageError, FCOSDatasetMapper
-from fcos_d2.engine import Trainer
 from fcos_d2.modeling.targets import FCOSTargetAssigner, compute_locations
 
 
@@ -99,7 +98,7 @@ def test_boxes_outside_the_image_are_clipped_or_dropped(rgb_png, seeded):
 
 def _peak_rss_mb():
     with open("/proc/self/status") as f:
-        return {l.split(":")[0]: int(l.split()[1]) / 1024 for l in f if l.startswith("Vm")}
+        return {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in f if ln.startswith("Vm")}
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
@@ -119,7 +118,7 @@ def test_assignment_of_1000_boxes_in_800x1333_has_bounded_memory():
     before = _peak_rss_mb()["VmRSS"]
     labels, reg = assigner(locations, strides, [boxes], [classes])
     extra = _peak_rss_mb()["VmHWM"] - before
-    num_pairs = sum(len(l) for l in locations) * 1000  # 22.4M location-box pairs
+    num_pairs = sum(len(level) for level in locations) * 1000  # 22.4M location-box pairs
     # Unchunked, the (R, G, 4) distances alone would take num_pairs * 16 bytes (~360 MB).
     assert extra < 300, f"peak extra memory {extra:.0f} MB for {num_pairs} pairs"
     assert (labels < 80).sum() > 1000
@@ -193,7 +192,8 @@ def test_bad_images_can_be_skipped_with_a_log_line(tmp_path, caplog):
 def test_class_count_mismatch_is_refused_before_training():
     cfg = tiny_cfg(num_classes=3)
     MetadataCatalog.get("five_class_set").set(thing_classes=list("abcde"))
-    with pytest.raises(ValueError, match="'five_class_set' has 5 classes.*MODEL.FCOS.NUM_CLASSES is 3"):
+    message = "'five_class_set' has 5 classes.*MODEL.FCOS.NUM_CLASSES is 3"
+    with pytest.raises(ValueError, match=message):
         check_dataset_classes(cfg, ["five_class_set"], [])
 
 
@@ -234,7 +234,8 @@ def test_checkpoint_with_other_class_count_skips_only_the_classifier(tmp_path, c
         DetectionCheckpointer(target).load(str(tmp_path / "five.pth"))
     assert "head.cls_logits.weight" in caplog.text and "head.cls_logits.bias" in caplog.text
     assert torch.equal(target.head.bbox_pred.weight, source.head.bbox_pred.weight)
-    assert torch.equal(target.backbone.bottom_up.stem.conv1.weight, source.backbone.bottom_up.stem.conv1.weight)
+    stem_weight = source.backbone.bottom_up.stem.conv1.weight
+    assert torch.equal(target.backbone.bottom_up.stem.conv1.weight, stem_weight)
     assert target.head.cls_logits.weight.shape[0] == 3
 
 
@@ -292,4 +293,5 @@ def test_killed_run_resumes_to_the_same_final_weights(tmp_path):
     opt_a, opt_b = a["trainer"]["_trainer"]["optimizer"], b["trainer"]["_trainer"]["optimizer"]
     assert opt_a["state"].keys() == opt_b["state"].keys() and len(opt_a["state"]) > 0
     for key in opt_a["state"]:
-        assert torch.equal(opt_a["state"][key]["momentum_buffer"], opt_b["state"][key]["momentum_buffer"])
+        buffer_a, buffer_b = (o["state"][key]["momentum_buffer"] for o in (opt_a, opt_b))
+        assert torch.equal(buffer_a, buffer_b)
