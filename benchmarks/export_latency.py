@@ -11,7 +11,7 @@ run so that a slow spell of a shared machine hits all of them alike:
 
 * **eager**: what Detectron2's test-time path runs -- ``ResizeShortestEdge`` (Pillow),
   the model (the config's defaults: NHWC, BatchNorm folded) and rescaling to the image;
-* **ORT end-to-end**: ``session.run`` of ``FCOSEndToEnd`` (resize inside);
+* **ORT end-to-end**: ``InferenceSession.run`` of ``FCOSEndToEnd`` (resize inside);
 * **ORT no-resize**: the ``--no-resize`` graph on the already-resized image;
 * **ORT raw**: the raw graph (backbone + head only) on the normalised padded tensor.
 

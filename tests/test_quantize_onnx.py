@@ -118,7 +118,7 @@ def test_unknown_excluded_node_is_a_clear_error(graphs, tmp_path):
 
 def test_every_conv_is_quantised_and_runs_as_int8_in_onnx_runtime(graphs, tmp_path):
     """Each Conv of the float graph gets int8 weights; ONNX Runtime fuses them into integer
-    convolutions (QLinearConv) when it optimises the session."""
+    convolutions (QLinearConv) when it optimises the graph."""
     onnx = pytest.importorskip("onnx")
     fp32, int8, quantised = graphs
     assert quantised == conv_node_names(fp32) and len(quantised) > 40

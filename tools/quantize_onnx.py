@@ -16,7 +16,7 @@ to the float graph to measure activation ranges, and writes ``--output``/model.o
 runs the float graph.
 
 ``--evaluate DATASET`` then measures both graphs on that dataset with ONNX Runtime: box AP
-(Detectron2's COCOEvaluator) and the median latency per image (the two sessions taking
+(Detectron2's COCOEvaluator) and the median latency per image (the two graphs taking
 turns image by image), written to ``--output``/int8_report.json and .md with the CPU named.
 """
 import argparse
