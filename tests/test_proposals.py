@@ -12,7 +12,9 @@ BOXES = [[[10, 10, 60, 50], [30, 20, 120, 90]], [[0, 0, 40, 40]]]
 
 
 def test_registered_as_fcos():
-    built = PROPOSAL_GENERATOR_REGISTRY.get("FCOS")(tiny_cfg(two_stage=True), {
+    entry = PROPOSAL_GENERATOR_REGISTRY.get("FCOS")
+    assert entry.__name__ == "FCOS" and entry.build is FCOSProposalGenerator
+    built = entry(tiny_cfg(two_stage=True), {
         f"p{i}": ShapeSpec(channels=64, stride=2**i) for i in range(2, 8)
     })
     assert type(built) is FCOSProposalGenerator and built.strides == [8, 16, 32, 64, 128]

@@ -13,6 +13,7 @@ from .head import FCOSHead
 from .inference import FCOSPostProcessor
 from .losses import FCOSLosses
 from .pipeline import FCOSPipeline, check_strides
+from .registry import RegistryEntry
 from .targets import FCOSTargetAssigner
 
 __all__ = ["FCOSProposalGenerator"]
@@ -24,7 +25,8 @@ class FCOSProposalGenerator(FCOSPipeline):
     Returns Detectron2's proposal convention: per image an ``Instances`` with
     ``proposal_boxes`` (in the padded input's coordinates, clipped to the image) and
     ``objectness_logits`` (sorted, highest first), plus the FCOS losses in training.
-    Registered as ``PROPOSAL_GENERATOR_REGISTRY["FCOS"]`` (see :func:`FCOS` below).
+    Registered as ``PROPOSAL_GENERATOR_REGISTRY["FCOS"]`` (a
+    :class:`~fcos_d2.modeling.registry.RegistryEntry` that builds this class).
 
     The proposals' object probability is the FCOS score of the class-agnostic head,
     P(object) = sqrt(cls * ctr) (cls * ctr with ``MODEL.FCOS.SCORE_SQRT: False``): the
@@ -132,8 +134,5 @@ class FCOSProposalGenerator(FCOSPipeline):
         return proposals
 
 
-@PROPOSAL_GENERATOR_REGISTRY.register()
-def FCOS(cfg, input_shape: Dict[str, ShapeSpec]) -> FCOSProposalGenerator:  # noqa: N802
-    """``PROPOSAL_GENERATOR.NAME: "FCOS"`` builds :class:`FCOSProposalGenerator`
-    (Detectron2's registry names an entry after the object registered)."""
-    return FCOSProposalGenerator(cfg, input_shape)
+# PROPOSAL_GENERATOR.NAME: "FCOS" builds FCOSProposalGenerator(cfg, input_shape).
+PROPOSAL_GENERATOR_REGISTRY.register(RegistryEntry("FCOS", FCOSProposalGenerator))
