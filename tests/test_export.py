@@ -1,7 +1,6 @@
 """Raw-graph TorchScript and ONNX export of the one-stage FCOS: raw outputs and detections
 match eager (the end-to-end graph: test_export_end_to_end.py)."""
 import json
-import os
 
 import pytest
 import torch

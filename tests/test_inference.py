@@ -115,8 +115,8 @@ def test_select_level_equals_brute_force(thresh_with_ctr, pre_nms_topk):
     for (score, box, cls), (p, r, k) in zip(got, expected):
         assert score == pytest.approx(math.sqrt(p), rel=1e-6) and cls == k
         x, y = points[r].tolist()
-        l, t, rr, b = (dists[r] * stride).tolist()
-        assert box == pytest.approx([x - l, y - t, x + rr, y + b])
+        left, t, rr, b = (dists[r] * stride).tolist()
+        assert box == pytest.approx([x - left, y - t, x + rr, y + b])
 
 
 def test_final_detections_drop_non_finite_and_empty_boxes_before_nms():

@@ -1,6 +1,7 @@
 """Faster R-CNN R-50-FPN whose proposals come from FCOS, as a Detectron2 LazyConfig.
 
-A stock ``GeneralizedRCNN`` + ``StandardROIHeads`` with fcos_d2's
+Detectron2's ``GeneralizedRCNN`` (as ``AMPGeneralizedRCNN``, float32 unless given a
+``precision``) + ``StandardROIHeads`` with fcos_d2's
 ``FCOSProposalGenerator`` (class-agnostic FCOS head, Detectron2's anchor-RPN proposal
 budget) -- the LazyConfig twin of ``configs/FCOS-RPN/faster_rcnn_R_50_FPN_1x.yaml``.
 One FPN gives P2-P7: the FCOS proposal head reads P3-P7, the ROI heads pool from P2-P5.
@@ -11,7 +12,6 @@ from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
-from detectron2.modeling.meta_arch import GeneralizedRCNN
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import (
     FastRCNNConvFCHead,
@@ -19,7 +19,7 @@ from detectron2.modeling.roi_heads import (
     StandardROIHeads,
 )
 
-from fcos_d2.modeling import FCOSPostProcessor, FCOSProposalGenerator
+from fcos_d2.modeling import AMPGeneralizedRCNN, FCOSPostProcessor, FCOSProposalGenerator
 
 from .fcos_R_50_FPN import dataloader, lr_multiplier, model as _fcos, optimizer, train
 
@@ -47,7 +47,7 @@ _rpn_head.num_classes = 1
 # one level deeper than in the one-stage model: channels of model.backbone
 _rpn_head.input_shape = [L(ShapeSpec)(channels="${.....backbone.out_channels}")] * 5
 
-model = L(GeneralizedRCNN)(
+model = L(AMPGeneralizedRCNN)(
     backbone=_backbone,
     proposal_generator=L(FCOSProposalGenerator)(
         head=_rpn_head,
