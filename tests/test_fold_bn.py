@@ -107,10 +107,11 @@ def test_folded_copy_follows_weight_changes(one_thread):
         assert second is not first
         expected = model.backbone(x)["p3"]
         torch.testing.assert_close(second(x)["p3"], expected, rtol=1e-4, atol=1e-4)
-    # with autograd on (e.g. saliency maps), the real backbone runs
-    assert model.inference_backbone() is model.backbone
+    # the choice follows the mode, not the autograd state: eval mode runs the folded copy
+    assert model.inference_backbone() is second
     model.train()
     assert model._folded_backbone._folded is None
+    assert model.inference_backbone() is model.backbone
 
 
 def test_tracing_records_the_real_backbone(one_thread):
