@@ -23,9 +23,9 @@ precision      cpu      --                    bfloat16     float32
   ``SOLVER.AMP.ENABLED`` uses Detectron2's float16 on CUDA and bfloat16 on CPUs. At
   inference ``TEST.AMP.ENABLED`` is on by default, and "auto" picks bfloat16 only where
   it was measured faster than float32 with the same detections: CPUs with AMX bfloat16
-  units (R-50 FCOS inference 0.3x the float32 time). On CPUs without AMX (AVX-512 with
-  or without its bfloat16 extension, AVX2) bfloat16 convolutions were slower than float32
-  and "auto" keeps float32; on CUDA it keeps float32 until measured (set
+  units (R-50 FCOS inference 0.38x the float32 time). Without AMX bfloat16 was slower
+  (1.6x float32 with AVX-512 + avx512_bf16 instructions only; AVX2 has no bfloat16
+  arithmetic) and "auto" keeps float32; on CUDA it keeps float32 until measured (set
   ``TEST.AMP.PRECISION "float16"`` to use tensor cores). Figures in docs/benchmarks.md.
 * BatchNorm folding is not machine-dependent: ``MODEL.FCOS.FOLD_FROZEN_BN`` (every
   forward) and ``MODEL.FCOS.FOLD_BN_AT_TEST`` (inference mode) are on by default.
