@@ -19,7 +19,8 @@ from typing import Dict, List, Set, Tuple
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
+
 PAGES = ["README.md"] + sorted(
     os.path.join("docs", n) for n in os.listdir(os.path.join(REPO, "docs")) if n.endswith(".md")
 )

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
 
 # What importing fcos_d2 must leave as it found it.
 _STATE = textwrap.dedent(

@@ -1,0 +1,182 @@
+"""What the tests share: the repository root, a small config and its inputs, the repository's
+scripts as modules, and the spread-weight model and detection checks of the export tests.
+
+Every test file, in any folder of tests/, imports these with ``from helpers import ...``:
+tests/conftest.py is imported first, from tests/, which puts tests/ on ``sys.path``.
+The fixtures (``one_thread``, ``seeded``) are in tests/conftest.py.
+"""
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import fcos_d2  # registers modules; setup_cfg
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+
+#: The repository's root folder (tests/..).
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+BOX_ATOL = 0.01  # pixels: exported boxes against eager ones
+SCORE_ATOL = 1e-4
+
+
+def tiny_cfg(two_stage: bool = False, num_classes: int = 3):
+    """A small ResNet-18 FCOS (or FCOS-RPN Faster R-CNN) config that runs fast on CPU."""
+    two_stage_base = "configs/FCOS-RPN/faster_rcnn_R_50_FPN_1x.yaml"
+    base = two_stage_base if two_stage else "configs/Base-FCOS.yaml"
+    cfg = fcos_d2.setup_cfg(base, freeze=False)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.FPN.OUT_CHANNELS = 64  # GroupNorm(32) needs >1 value per group on 1x1 P7
+    cfg.MODEL.FPN.NORM = "GN"  # from-scratch two-stage training diverges without it
+    cfg.MODEL.FCOS.NUM_CLASSES = num_classes
+    cfg.MODEL.FCOS.NUM_CLS_CONVS = 1
+    cfg.MODEL.FCOS.NUM_BOX_CONVS = 1
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 64
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 64
+    cfg.INPUT.MIN_SIZE_TEST = 96
+    cfg.INPUT.MAX_SIZE_TEST = 160
+    # float32 inference on every machine kind: tests compare detections exactly (against
+    # exports, torchvision, ...); tests/modeling/test_execution.py runs TEST.AMP.
+    cfg.TEST.AMP.ENABLED = False
+    return cfg
+
+
+def make_inputs(boxes_per_image, size=(96, 128), seed=0, classes=None):
+    """Detectron2 training inputs: random images with the given XYXY boxes."""
+    gen = torch.Generator().manual_seed(seed)
+    inputs = []
+    for i, boxes in enumerate(boxes_per_image):
+        inst = Instances(size)
+        inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        cls = classes[i] if classes is not None else [j % 3 for j in range(len(boxes))]
+        inst.gt_classes = torch.tensor(cls, dtype=torch.int64)
+        image = torch.rand(3, *size, generator=gen) * 255
+        inputs.append({"image": image, "instances": inst, "height": size[0], "width": size[1]})
+    return inputs
+
+
+def load_script(relative_path: str):
+    """Import a repository script (e.g. "tools/export_model.py") as a module."""
+    path = os.path.join(REPO, relative_path)
+    name = os.path.splitext(os.path.basename(relative_path))[0] + "_script"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---- export: a model with many detections, images, and detections compared with eager -----
+
+
+def spread_model(cfg=None, cls_bias: float = -1.0, score_thresh=0.2):
+    """A tiny FCOS (of ``cfg``, else ``tiny_cfg()``) in eval mode whose prediction convs
+    have spread weights (std 0.05, seed 0), so that scores and boxes vary from location to
+    location: with the class bias -1 and the score threshold 0.2, tens of detections of
+    varied scores per image (an exported graph takes the dense top-k where eager inference
+    gathers the passing pairs); with the bias 0 every score passes the default threshold.
+    ``score_thresh=None`` keeps the config's threshold."""
+    cfg = tiny_cfg() if cfg is None else cfg
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    head = model.head
+    with torch.no_grad():
+        for conv in (head.cls_logits, head.bbox_pred, head.ctrness):
+            conv.weight.normal_(std=0.05)
+        head.cls_logits.bias.fill_(cls_bias)
+    if score_thresh is not None:
+        model.postprocessor.score_thresh = score_thresh
+    return model
+
+
+def random_image(height, width, seed):
+    """A random (H, W, 3) uint8 image."""
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def detection_tensors(instances):
+    """(boxes, scores, classes) of Detectron2 ``Instances``."""
+    return instances.pred_boxes.tensor, instances.scores, instances.pred_classes
+
+
+def eager_detections(model, image, resize=None):
+    """The eager model's (boxes, scores, classes) on an (H, W, 3) uint8 image; with
+    ``resize`` (min size, max size), Detectron2's test-time path: ResizeShortestEdge
+    (Pillow), the model, boxes rescaled to the image."""
+    height, width = image.shape[:2]
+    if resize is not None:
+        image = T.ResizeShortestEdge(*resize).get_transform(image).apply_image(image)
+    inputs = {"image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))).float()}
+    if resize is not None:
+        inputs.update(height=height, width=width)
+    with torch.no_grad():
+        instances = model([inputs])[0]["instances"]
+    return detection_tensors(instances)
+
+
+def assert_same_detections(outputs, reference, min_count=1, check_dtypes=False):
+    """Exported ``outputs`` (boxes, scores, classes; tensors or arrays) against eager
+    ``reference``: same count, classes, scores within 1e-4, boxes within 0.01 px; at least
+    ``min_count`` detections; with ``check_dtypes``, float32 boxes and int64 classes."""
+    boxes, scores, classes = (torch.as_tensor(np.asarray(o)) for o in outputs)
+    ref_boxes, ref_scores, ref_classes = reference
+    assert len(ref_boxes) >= min_count
+    assert len(boxes) == len(ref_boxes)
+    if check_dtypes:
+        assert boxes.dtype == torch.float32 and classes.dtype == torch.int64
+    assert torch.equal(classes, ref_classes)
+    torch.testing.assert_close(scores, ref_scores, atol=SCORE_ATOL, rtol=0)
+    torch.testing.assert_close(boxes, ref_boxes, atol=BOX_ATOL, rtol=0)
+
+
+def end_to_end_runner(model, fmt, path, resize):
+    """The end-to-end graph of ``model`` (``fmt`` "onnx" or "torchscript", in-graph resize
+    ``resize`` or none) exported to ``path`` on a 96x128 sample image and loaded again: a
+    function (H, W, 3) uint8 image -> (boxes, scores, classes)."""
+    from fcos_d2.export import export_end_to_end
+
+    sample = torch.from_numpy(random_image(96, 128, seed=0))
+    export_end_to_end(model, sample, str(path), fmt, resize)
+    if fmt == "onnx":
+        onnxruntime = pytest.importorskip("onnxruntime")
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert [o.name for o in session.get_outputs()] == ["boxes", "scores", "classes"]
+        return lambda image: session.run(None, {"image": image})
+    traced = torch.jit.load(str(path))
+
+    def run(image):
+        with torch.no_grad():
+            return traced(torch.from_numpy(image))
+
+    return run
+
+
+def export_demo_model_with_tool(root, formats):
+    """tools/export_model.py --end-to-end, for each of ``formats``, of a spread-weight model
+    of the demo dataset's 5 classes whose config tests on fcos_demo_val (so export_info.json
+    lists the demo classes), with the score threshold 0.2: writes ``root/<format>/``;
+    returns the model."""
+    from fcos_d2.data.synthetic import DEMO_CLASSES
+
+    model = spread_model(tiny_cfg(num_classes=len(DEMO_CLASSES)))
+    weights = root / "weights.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    cfg = tiny_cfg(num_classes=len(DEMO_CLASSES))
+    cfg.DATASETS.TEST = ("fcos_demo_val",)
+    cfg.MODEL.FCOS.INFERENCE_TH_TEST = 0.2
+    cfg_path = root / "tiny.yaml"
+    cfg_path.write_text(cfg.dump())
+    cli = load_script("tools/export_model.py")
+    for fmt in formats:
+        args = ["--config-file", str(cfg_path), "--format", fmt, "--end-to-end",
+                "--output", str(root / fmt), "MODEL.WEIGHTS", str(weights)]  # fmt: skip
+        assert cli.main(args) == 0
+    return model

@@ -1,0 +1,351 @@
+"""Mixed precision: the rule table, float32 numerics under autocast, TEST.AMP inference,
+SOLVER.AMP training (bfloat16, and float16 with a GradScaler, on CPU)."""
+import os
+
+import pytest
+import torch
+
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from helpers import make_inputs, tiny_cfg
+from fcos_d2.modeling import execution
+from fcos_d2.modeling.execution import amp_dtype, precision_modes
+
+XEON_AMX = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
+EPYC_AVX512 = frozenset({"avx2", "avx512f", "avx512_bf16"})
+EPYC_AVX2 = frozenset({"avx2"})
+BOXES = [[[10, 12, 60, 70], [30, 5, 90, 40]], [[0, 0, 40, 96]]]
+
+
+# ---- the rule table ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "device, flags, training, expected",
+    [
+        ("cpu", XEON_AMX, False, torch.bfloat16),  # AMX: bfloat16 at the hardware's rate
+        ("cpu", EPYC_AVX512, False, None),  # no AMX: bfloat16 convs slower than float32
+        ("cpu", EPYC_AVX2, False, None),  # emulated bfloat16
+        ("cpu", XEON_AMX, True, torch.bfloat16),
+        ("cpu", EPYC_AVX2, True, torch.bfloat16),  # SOLVER.AMP on a CPU: bfloat16
+        ("cuda", frozenset(), True, torch.float16),  # Detectron2's AMP: float16
+        ("cuda:1", frozenset(), False, None),  # not measured: float32
+        ("mps", frozenset(), False, None),
+    ],
+)
+def test_auto_precision_per_device_and_cpu(device, flags, training, expected):
+    assert amp_dtype("auto", device, training, flags) == expected
+
+
+def test_explicit_precisions_and_a_bad_value():
+    assert amp_dtype("float16", "cpu", False, EPYC_AVX2) == torch.float16
+    assert amp_dtype("BFloat16", "cuda", True) == torch.bfloat16
+    assert amp_dtype("float32", "cpu", False, XEON_AMX) is None
+    with pytest.raises(ValueError, match="TEST.AMP.PRECISION.*'half'"):
+        amp_dtype("half", "cpu", False, key="TEST.AMP.PRECISION")
+
+
+def test_config_keys_pick_the_dtypes(monkeypatch):
+    monkeypatch.setattr(execution, "cpu_flags", lambda: XEON_AMX)
+    cfg = tiny_cfg()
+    cfg.TEST.AMP.ENABLED = True
+    assert precision_modes(cfg) == (None, torch.bfloat16)  # SOLVER.AMP off by default
+    cfg.SOLVER.AMP.ENABLED = True
+    cfg.SOLVER.AMP.PRECISION = "float16"
+    cfg.TEST.AMP.ENABLED = False
+    assert precision_modes(cfg) == (torch.float16, None)
+    monkeypatch.setattr(execution, "cpu_flags", lambda: EPYC_AVX2)
+    cfg.TEST.AMP.ENABLED = True
+    assert precision_modes(cfg) == (torch.float16, None)  # "auto" inference: float32 on AVX2
+
+
+def test_defaults_are_auto_inference_and_float32_training():
+    import fcos_d2
+
+    cfg = fcos_d2.setup_cfg()
+    assert (cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.PRECISION) == (False, "auto")
+    assert (cfg.TEST.AMP.ENABLED, cfg.TEST.AMP.PRECISION) == (True, "auto")
+
+
+# ---- float32 numerics under autocast ----------------------------------------------------
+def _model(**opts):
+    cfg = tiny_cfg()
+    for key, value in opts.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+def _spread_head(model, scale=40.0):
+    """Random head weights with spread logits, so that many locations pass thresholds."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for conv in (model.head.cls_logits, model.head.ctrness):
+            conv.weight.normal_(0, scale / conv.weight[0].numel() ** 0.5 / 10)
+            conv.bias.zero_()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_losses_under_autocast_equal_float32_losses_of_the_same_outputs(dtype, one_thread):
+    """The head's outputs in reduced precision: the losses computed under autocast equal,
+    exactly, the float32 losses of the same values (upcast) computed without autocast."""
+    model = _model().train()
+    inputs = make_inputs(BOXES)
+    images = model.preprocess_image(inputs)
+    gt = [x["instances"] for x in inputs]
+    with torch.no_grad():
+        features = model.backbone(images.tensor)
+        maps = [features[f] for f in model.in_features]
+        head = model.head(maps)
+    low = tuple([m.to(dtype) for m in level] for level in head)
+    size = tuple(images.tensor.shape[-2:])
+    from fcos_d2.modeling.pipeline import FCOSPredictions
+
+    def predictions(outputs):
+        return FCOSPredictions.from_head(maps, model.strides, outputs, 0.5, size)
+
+    with EventStorage():
+        with torch.autocast("cpu", dtype=dtype):
+            under_autocast = model.losses_of(predictions(low), gt)
+        upcast = tuple([m.float() for m in level] for level in low)
+        reference = model.losses_of(predictions(upcast), gt)
+    assert set(under_autocast) == set(reference)
+    for name in reference:
+        assert under_autocast[name].dtype == torch.float32
+        assert torch.equal(under_autocast[name], reference[name]), name
+
+
+def test_predictions_leave_autocast_as_float32(one_thread):
+    model = _model().train()
+    images = model.preprocess_image(make_inputs(BOXES))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        features = model.backbone(images.tensor)
+        raw = model.head([features[f] for f in model.in_features])
+        predictions = model.predict(features, tuple(images.tensor.shape[-2:]))
+    assert raw[0][0].dtype == torch.bfloat16  # the network itself ran in bfloat16
+    for maps in (predictions.logits, predictions.box_dists, predictions.ctrness):
+        assert all(m.dtype == torch.float32 for m in maps)
+
+
+def test_overflowed_head_outputs_keep_the_losses_finite():
+    """float16 overflow shows up as inf in the head's outputs: the losses and their
+    gradients stay finite (inf bounded to float16's range), NaN stays visible."""
+    from fcos_d2.modeling.losses import FCOSLosses
+
+    losses = FCOSLosses(num_classes=2)
+    logits = torch.zeros(1, 4, 2)
+    logits[0, 0, 1] = float("inf")  # positive location, its class
+    logits[0, 1, 0] = float("inf")  # background location
+    logits[0, 2, 1] = -float("inf")  # positive location, its class, the wrong way
+    box = torch.ones(1, 4, 4)
+    box[0, 0] = float("inf")  # a positive's distances overflowed
+    ctr = torch.tensor([[float("inf"), 0.0, -float("inf"), 0.0]])
+    labels = torch.tensor([[1, 2, 1, 2]])
+    reg = torch.tensor([[[1.0, 1.0, 2.0, 2.0], [0.0] * 4, [2.0, 1.0, 1.0, 2.0], [0.0] * 4]])
+    for x in (logits, box, ctr):
+        x.requires_grad_(True)
+    out = losses(logits, box, ctr, labels, reg)
+    assert all(torch.isfinite(v) for v in out.values()), out
+    assert out["loss_fcos_cls"] > 1000  # the wrong-way logit is a huge, finite loss
+    sum(out.values()).backward()
+    for x in (logits, box, ctr):
+        assert torch.isfinite(x.grad).all()
+    logits = logits.detach().clone()
+    logits[0, 3, 0] = float("nan")
+    assert torch.isnan(losses(logits, box.detach(), ctr.detach(), labels, reg)["loss_fcos_cls"])
+
+
+# ---- TEST.AMP: inference under autocast inside the model --------------------------------
+def _conv_output_dtypes(model):
+    seen = []
+    model.head.cls_logits.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    return seen
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_test_amp_runs_the_network_in_reduced_precision_with_float32_detections(
+    precision, one_thread
+):
+    inputs = [{k: v for k, v in x.items() if k != "instances"} for x in make_inputs(BOXES)]
+    fp32 = _model().eval()
+    amp = _model(**{"TEST.AMP.ENABLED": True, "TEST.AMP.PRECISION": precision}).eval()
+    amp.load_state_dict(fp32.state_dict())
+    for m in (fp32, amp):
+        _spread_head(m)
+    dtypes = _conv_output_dtypes(amp)
+    fp32_dtypes = _conv_output_dtypes(fp32)
+    with torch.no_grad():
+        ref, out = fp32(inputs), amp(inputs)
+    assert set(dtypes) == {getattr(torch, precision)} and set(fp32_dtypes) == {torch.float32}
+    for r, o in zip(ref, out):
+        r, o = r["instances"], o["instances"]
+        assert len(o) > 10
+        assert o.pred_boxes.tensor.dtype == torch.float32 and o.scores.dtype == torch.float32
+        # same weights and pixels: the best detections agree closely
+        top = min(len(r), len(o), 5)
+        assert torch.allclose(o.scores[:top], r.scores[:top], atol=0.02)
+
+
+def test_the_policy_follows_the_mode_not_the_grad_mode(one_thread):
+    """In eval mode with autograd on, inference still runs under TEST.AMP (and the folded
+    backbone): what a model computes depends on its mode only."""
+    model = _model(**{"TEST.AMP.ENABLED": True, "TEST.AMP.PRECISION": "bfloat16"}).eval()
+    dtypes = _conv_output_dtypes(model)
+    inputs = [{"image": make_inputs(BOXES)[0]["image"]}]
+    with torch.enable_grad():
+        model(inputs)
+    with torch.no_grad():
+        model(inputs)
+    assert len(dtypes) == 2 * len(model.in_features) and set(dtypes) == {torch.bfloat16}
+    assert model.inference_backbone() is not model.backbone  # BatchNorm-folded copy
+    model.train()
+    assert model.autocast_dtype is None  # SOLVER.AMP off: training in float32
+
+
+# ---- SOLVER.AMP: training on CPU ------------------------------------------------------
+def _train_cfg(tmp_path, precision, iters, size=128, batch=4):
+    from fcos_d2.data import DEMO_CLASSES
+
+    cfg = tiny_cfg(num_classes=len(DEMO_CLASSES))
+    cfg.DATASETS.TRAIN = ("fcos_demo_train_mini",)
+    cfg.DATASETS.TEST = ()
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.INPUT.MIN_SIZE_TRAIN = (size,)
+    cfg.INPUT.MAX_SIZE_TRAIN = size
+    cfg.SOLVER.IMS_PER_BATCH = batch
+    cfg.SOLVER.BASE_LR = 0.01
+    cfg.SOLVER.MAX_ITER = iters
+    cfg.SOLVER.STEPS = ()
+    cfg.SOLVER.WARMUP_ITERS = 5
+    cfg.SOLVER.CHECKPOINT_PERIOD = 10
+    cfg.SOLVER.AMP.ENABLED = True
+    cfg.SOLVER.AMP.PRECISION = precision
+    cfg.TEST.EVAL_PERIOD = 0
+    cfg.OUTPUT_DIR = str(tmp_path)
+    cfg.SEED = 3
+    return cfg
+
+
+def _losses(trainer):
+    """The total loss of every iteration, from the trainer's event storage."""
+    return [value for value, _ in trainer.storage.history("total_loss").values()]
+
+
+@pytest.mark.slow
+def test_float16_training_with_a_grad_scaler_on_cpu_and_resume(tmp_path, one_thread):
+    """CUDA's AMP numerics (float16 autocast + GradScaler) run on the CPU: 30 iterations
+    on the demo data, finite losses; a run resumed from the iteration-20 checkpoint
+    restores the scaler. PyTorch's CPU float16 convolution backward is slow (about 8x
+    float32), so this run uses a quarter-width MobileNetV2 at 64 px."""
+    from fcos_d2.engine import AMPTrainer, Trainer
+
+    cfg = _train_cfg(tmp_path, "float16", 30, size=64, batch=2)
+    cfg.merge_from_file("configs/FCOS-Demo/fcos_MobileNetV2_demo.yaml")
+    cfg.merge_from_list(["MODEL.MOBILENET.WIDTH_MULT", 0.25, "MODEL.FPN.OUT_CHANNELS", 32])
+    cfg.merge_from_list(["DATASETS.TEST", (), "OUTPUT_DIR", str(tmp_path)])
+    cfg.merge_from_list(["INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MAX_SIZE_TRAIN", 64])
+    cfg.merge_from_list(["SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 30])
+    cfg.merge_from_list(["SOLVER.CHECKPOINT_PERIOD", 10, "SOLVER.WARMUP_ITERS", 5])
+    cfg.merge_from_list(["SOLVER.STEPS", (), "SOLVER.BASE_LR", 0.01])
+    cfg.freeze()
+    trainer = Trainer(cfg)
+    assert isinstance(trainer._trainer, AMPTrainer)
+    assert trainer._trainer.precision == torch.float16
+    assert trainer._trainer.grad_scaler.is_enabled()
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    losses = _losses(trainer)
+    assert len(losses) == 30 and all(torch.isfinite(torch.tensor(losses))), losses
+    assert sum(losses[-5:]) < sum(losses[:5])
+
+    saved = torch.load(os.path.join(cfg.OUTPUT_DIR, "model_0000019.pth"), weights_only=False)
+    scale = saved["trainer"]["_trainer"]["grad_scaler"]["scale"]
+    assert scale > 0
+    with open(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"), "w") as f:
+        f.write("model_0000019.pth")
+    resumed = Trainer(cfg)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 20
+    assert resumed._trainer.grad_scaler.get_scale() == scale
+
+
+def test_bfloat16_training_on_cpu_needs_no_scaler(tmp_path, one_thread):
+    from fcos_d2.engine import AMPTrainer, Trainer
+
+    cfg = _train_cfg(tmp_path, "auto", 3)
+    cfg.freeze()
+    trainer = Trainer(cfg)
+    assert isinstance(trainer._trainer, AMPTrainer)
+    assert trainer._trainer.precision == torch.bfloat16  # "auto" on a CPU
+    assert not trainer._trainer.grad_scaler.is_enabled()
+    dtypes = _conv_output_dtypes(trainer.model)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert set(dtypes) == {torch.bfloat16}
+    losses = _losses(trainer)
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_float32_amp_precision_is_refused():
+    from fcos_d2.engine.amp import training_precision
+
+    cfg = tiny_cfg()
+    cfg.SOLVER.AMP.ENABLED = True
+    cfg.SOLVER.AMP.PRECISION = "float32"
+    with pytest.raises(ValueError, match="SOLVER.AMP.PRECISION is 'float32'"):
+        training_precision(cfg)
+
+
+# ---- the two-stage model with FCOS proposals --------------------------------------------
+def test_two_stage_model_follows_test_amp_with_float32_detections(one_thread):
+    from detectron2.modeling import build_model
+
+    def build(amp):
+        cfg = tiny_cfg(two_stage=True)
+        cfg.MODEL.PROPOSAL_GENERATOR.NAME = "FCOS"
+        cfg.TEST.AMP.ENABLED = amp
+        cfg.TEST.AMP.PRECISION = "bfloat16"
+        torch.manual_seed(0)
+        return build_model(cfg).eval()
+
+    fp32, amp = build(False), build(True)
+    assert type(amp).__name__ == "AMPGeneralizedRCNN"  # the FCOS-RPN configs' meta-arch
+    amp.load_state_dict(fp32.state_dict())  # same checkpoint keys
+    seen = []
+    amp.backbone.bottom_up.stem.conv1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    image = {"image": make_inputs(BOXES)[0]["image"]}
+    with torch.no_grad():
+        ref = fp32([image])[0]["instances"]
+        out = amp([image])[0]["instances"]
+        amp.inference([image], do_postprocess=False)  # the TTA wrapper's entry point
+    assert seen == [torch.bfloat16, torch.bfloat16]
+    assert out.scores.dtype == torch.float32 and out.pred_boxes.tensor.dtype == torch.float32
+    assert len(out) > 10
+    assert torch.allclose(out.scores[:5], ref.scores[:5], atol=0.02)
+
+
+def test_detectron2_default_predictor_and_tta_get_test_amp(one_thread):
+    """Clients that only build and call the model (Detectron2's DefaultPredictor, TTA)
+    run it under TEST.AMP with no wrapping of their own."""
+    import numpy as np
+    from detectron2.engine import DefaultPredictor
+
+    from fcos_d2.modeling.tta import FCOSWithTTA
+
+    cfg = tiny_cfg()
+    cfg.TEST.AMP.ENABLED = True
+    cfg.TEST.AMP.PRECISION = "bfloat16"
+    predictor = DefaultPredictor(cfg)
+    dtypes = _conv_output_dtypes(predictor.model)
+    image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    out = predictor(image)["instances"]
+    assert set(dtypes) == {torch.bfloat16} and out.scores.dtype == torch.float32
+    cfg.TEST.AUG.MIN_SIZES = (96,)
+    cfg.TEST.AUG.FLIP = False
+    dtypes.clear()
+    tta = FCOSWithTTA(cfg, predictor.model)
+    tta([{"image": torch.as_tensor(image).permute(2, 0, 1).float()}])
+    assert dtypes and set(dtypes) == {torch.bfloat16}
