@@ -74,6 +74,13 @@ def load_script(relative_path: str):
     return module
 
 
+def conv_output_dtypes(model):
+    """The dtypes of the FCOS head's class-logit conv outputs, appended at every forward."""
+    seen = []
+    model.head.cls_logits.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    return seen
+
+
 # ---- export: a model with many detections, images, and detections compared with eager -----
 
 

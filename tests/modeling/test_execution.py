@@ -1,6 +1,5 @@
-"""Mixed precision: the rule table, float32 numerics under autocast, TEST.AMP inference,
-SOLVER.AMP training (bfloat16, and float16 with a GradScaler, on CPU)."""
-import os
+"""Mixed precision (fcos_d2.modeling.execution): the rule table, float32 numerics under
+autocast, TEST.AMP inference (SOLVER.AMP training: tests/engine/test_amp_trainer.py)."""
 
 import pytest
 import torch
@@ -8,7 +7,7 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from helpers import make_inputs, tiny_cfg
+from helpers import conv_output_dtypes, make_inputs, tiny_cfg
 from fcos_d2.modeling import execution
 from fcos_d2.modeling.execution import amp_dtype, precision_modes
 
@@ -159,12 +158,6 @@ def test_overflowed_head_outputs_keep_the_losses_finite():
 
 
 # ---- TEST.AMP: inference under autocast inside the model --------------------------------
-def _conv_output_dtypes(model):
-    seen = []
-    model.head.cls_logits.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    return seen
-
-
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
 def test_test_amp_runs_the_network_in_reduced_precision_with_float32_detections(
     precision, one_thread
@@ -175,8 +168,8 @@ def test_test_amp_runs_the_network_in_reduced_precision_with_float32_detections(
     amp.load_state_dict(fp32.state_dict())
     for m in (fp32, amp):
         _spread_head(m)
-    dtypes = _conv_output_dtypes(amp)
-    fp32_dtypes = _conv_output_dtypes(fp32)
+    dtypes = conv_output_dtypes(amp)
+    fp32_dtypes = conv_output_dtypes(fp32)
     with torch.no_grad():
         ref, out = fp32(inputs), amp(inputs)
     assert set(dtypes) == {getattr(torch, precision)} and set(fp32_dtypes) == {torch.float32}
@@ -193,7 +186,7 @@ def test_the_policy_follows_the_mode_not_the_grad_mode(one_thread):
     """In eval mode with autograd on, inference still runs under TEST.AMP (and the folded
     backbone): what a model computes depends on its mode only."""
     model = _model(**{"TEST.AMP.ENABLED": True, "TEST.AMP.PRECISION": "bfloat16"}).eval()
-    dtypes = _conv_output_dtypes(model)
+    dtypes = conv_output_dtypes(model)
     inputs = [{"image": make_inputs(BOXES)[0]["image"]}]
     with torch.enable_grad():
         model(inputs)
@@ -203,100 +196,6 @@ def test_the_policy_follows_the_mode_not_the_grad_mode(one_thread):
     assert model.inference_backbone() is not model.backbone  # BatchNorm-folded copy
     model.train()
     assert model.autocast_dtype is None  # SOLVER.AMP off: training in float32
-
-
-# ---- SOLVER.AMP: training on CPU ------------------------------------------------------
-def _train_cfg(tmp_path, precision, iters, size=128, batch=4):
-    from fcos_d2.data import DEMO_CLASSES
-
-    cfg = tiny_cfg(num_classes=len(DEMO_CLASSES))
-    cfg.DATASETS.TRAIN = ("fcos_demo_train_mini",)
-    cfg.DATASETS.TEST = ()
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.INPUT.MIN_SIZE_TRAIN = (size,)
-    cfg.INPUT.MAX_SIZE_TRAIN = size
-    cfg.SOLVER.IMS_PER_BATCH = batch
-    cfg.SOLVER.BASE_LR = 0.01
-    cfg.SOLVER.MAX_ITER = iters
-    cfg.SOLVER.STEPS = ()
-    cfg.SOLVER.WARMUP_ITERS = 5
-    cfg.SOLVER.CHECKPOINT_PERIOD = 10
-    cfg.SOLVER.AMP.ENABLED = True
-    cfg.SOLVER.AMP.PRECISION = precision
-    cfg.TEST.EVAL_PERIOD = 0
-    cfg.OUTPUT_DIR = str(tmp_path)
-    cfg.SEED = 3
-    return cfg
-
-
-def _losses(trainer):
-    """The total loss of every iteration, from the trainer's event storage."""
-    return [value for value, _ in trainer.storage.history("total_loss").values()]
-
-
-@pytest.mark.slow
-def test_float16_training_with_a_grad_scaler_on_cpu_and_resume(tmp_path, one_thread):
-    """CUDA's AMP numerics (float16 autocast + GradScaler) run on the CPU: 30 iterations
-    on the demo data, finite losses; a run resumed from the iteration-20 checkpoint
-    restores the scaler. PyTorch's CPU float16 convolution backward is slow (about 8x
-    float32), so this run uses a quarter-width MobileNetV2 at 64 px."""
-    from fcos_d2.engine import AMPTrainer, Trainer
-
-    cfg = _train_cfg(tmp_path, "float16", 30, size=64, batch=2)
-    cfg.merge_from_file("configs/FCOS-Demo/fcos_MobileNetV2_demo.yaml")
-    cfg.merge_from_list(["MODEL.MOBILENET.WIDTH_MULT", 0.25, "MODEL.FPN.OUT_CHANNELS", 32])
-    cfg.merge_from_list(["DATASETS.TEST", (), "OUTPUT_DIR", str(tmp_path)])
-    cfg.merge_from_list(["INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MAX_SIZE_TRAIN", 64])
-    cfg.merge_from_list(["SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 30])
-    cfg.merge_from_list(["SOLVER.CHECKPOINT_PERIOD", 10, "SOLVER.WARMUP_ITERS", 5])
-    cfg.merge_from_list(["SOLVER.STEPS", (), "SOLVER.BASE_LR", 0.01])
-    cfg.freeze()
-    trainer = Trainer(cfg)
-    assert isinstance(trainer._trainer, AMPTrainer)
-    assert trainer._trainer.precision == torch.float16
-    assert trainer._trainer.grad_scaler.is_enabled()
-    trainer.resume_or_load(resume=False)
-    trainer.train()
-    losses = _losses(trainer)
-    assert len(losses) == 30 and all(torch.isfinite(torch.tensor(losses))), losses
-    assert sum(losses[-5:]) < sum(losses[:5])
-
-    saved = torch.load(os.path.join(cfg.OUTPUT_DIR, "model_0000019.pth"), weights_only=False)
-    scale = saved["trainer"]["_trainer"]["grad_scaler"]["scale"]
-    assert scale > 0
-    with open(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"), "w") as f:
-        f.write("model_0000019.pth")
-    resumed = Trainer(cfg)
-    resumed.resume_or_load(resume=True)
-    assert resumed.start_iter == 20
-    assert resumed._trainer.grad_scaler.get_scale() == scale
-
-
-def test_bfloat16_training_on_cpu_needs_no_scaler(tmp_path, one_thread):
-    from fcos_d2.engine import AMPTrainer, Trainer
-
-    cfg = _train_cfg(tmp_path, "auto", 3)
-    cfg.freeze()
-    trainer = Trainer(cfg)
-    assert isinstance(trainer._trainer, AMPTrainer)
-    assert trainer._trainer.precision == torch.bfloat16  # "auto" on a CPU
-    assert not trainer._trainer.grad_scaler.is_enabled()
-    dtypes = _conv_output_dtypes(trainer.model)
-    trainer.resume_or_load(resume=False)
-    trainer.train()
-    assert set(dtypes) == {torch.bfloat16}
-    losses = _losses(trainer)
-    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
-
-
-def test_float32_amp_precision_is_refused():
-    from fcos_d2.engine.amp import training_precision
-
-    cfg = tiny_cfg()
-    cfg.SOLVER.AMP.ENABLED = True
-    cfg.SOLVER.AMP.PRECISION = "float32"
-    with pytest.raises(ValueError, match="SOLVER.AMP.PRECISION is 'float32'"):
-        training_precision(cfg)
 
 
 # ---- the two-stage model with FCOS proposals --------------------------------------------
@@ -339,7 +238,7 @@ def test_detectron2_default_predictor_and_tta_get_test_amp(one_thread):
     cfg.TEST.AMP.ENABLED = True
     cfg.TEST.AMP.PRECISION = "bfloat16"
     predictor = DefaultPredictor(cfg)
-    dtypes = _conv_output_dtypes(predictor.model)
+    dtypes = conv_output_dtypes(predictor.model)
     image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
     out = predictor(image)["instances"]
     assert set(dtypes) == {torch.bfloat16} and out.scores.dtype == torch.float32
