@@ -5,7 +5,7 @@
 
 Raw graph (TorchScript, ONNX) + Python post-processing and end-to-end graph (TorchScript,
 ONNX), with the default options and the torchvision config's, on the image sizes of
-tests/test_export_options.py (tiny ResNet-18 FCOS, random weights with a lively head):
+tests/export/test_export_options.py (tiny ResNet-18 FCOS, random weights with a lively head):
 per case the eager and exported detection counts, whether the classes are equal, and the
 largest box (px) and score differences. Prints a markdown table; writes JSON.
 """
@@ -18,7 +18,8 @@ import tempfile
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+TESTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
+sys.path[:0] = [os.path.join(TESTS, "export"), TESTS]  # the test module and tests/helpers.py
 import test_export_options as cases  # noqa: E402  (the tests' models, sizes and runners)
 
 
@@ -39,8 +40,8 @@ def run_case(model, mode, fmt, folder, seed, raw_size, e2e_size):
         run = cases.raw_runner(model, fmt, os.path.join(folder, f"raw.{fmt}"))
         batch = cases.raw_inputs(raw_size, seed=seed + 1)
         with torch.no_grad():
-            reference = cases.as_tuple(model(batch)[0]["instances"])
-        outputs = cases.as_tuple(cases.run_exported(run, model, batch)[0]["instances"])
+            reference = cases.detection_tensors(model(batch)[0]["instances"])
+        outputs = cases.detection_tensors(cases.run_exported(run, model, batch)[0]["instances"])
         return raw_size, compare(reference, outputs)
     run = cases.e2e_runner(model, fmt, os.path.join(folder, f"e2e.{fmt}"))
     image = cases.random_image(*e2e_size, seed=seed + 10)

@@ -6,6 +6,7 @@ tests/conftest.py is imported first, from tests/, which puts tests/ on ``sys.pat
 The fixtures (``one_thread``, ``seeded``) are in tests/conftest.py.
 """
 import importlib.util
+import json
 import os
 
 import numpy as np
@@ -13,9 +14,12 @@ import pytest
 import torch
 
 import fcos_d2  # registers modules; setup_cfg
+from PIL import Image, ImageDraw
+
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes, BoxMode, Instances
+from fcos_d2.compat import pure_python_detectron2
 
 #: The repository's root folder (tests/..).
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,6 +68,17 @@ def make_inputs(boxes_per_image, size=(96, 128), seed=0, classes=None):
     return inputs
 
 
+def dataset_record(file_name, annotations, height=64, width=64, image_id=7):
+    """A Detectron2 dataset dict; ``annotations``: (XYXY box, category id, iscrowd)."""
+    return {
+        "file_name": file_name, "height": height, "width": width, "image_id": image_id,
+        "annotations": [
+            {"bbox": b, "bbox_mode": BoxMode.XYXY_ABS, "category_id": c, "iscrowd": crowd}
+            for b, c, crowd in annotations
+        ],
+    }
+
+
 def load_script(relative_path: str):
     """Import a repository script (e.g. "tools/export_model.py") as a module."""
     path = os.path.join(REPO, relative_path)
@@ -74,11 +89,87 @@ def load_script(relative_path: str):
     return module
 
 
+#: Skips a test where the installed Detectron2 is a compiled build, not the pure-Python one.
+pure_python_only = pytest.mark.skipif(
+    not pure_python_detectron2(),
+    reason="tests the pure-Python Detectron2 of tools/install_detectron2.py; the installed "
+    "one is a compiled build",
+)
+
+
+def training_step(cfg, image_size=64):
+    """One training step (forward, backward) of a model built from ``cfg`` on two square
+    images of ``image_size``: (model, head outputs, losses)."""
+    model = build_model(cfg)
+    model.train()
+    captured = {}
+    model.head.register_forward_hook(lambda m, i, out: captured.setdefault("out", out))
+    boxes = [[[8, 8, 40, 40], [20, 10, 60, 50]], [[0, 0, 30, 30]]]
+    inputs = make_inputs(boxes, size=(image_size, image_size))
+    losses = model(inputs)
+    sum(losses.values()).backward()
+    return model, captured["out"], losses
+
+
 def conv_output_dtypes(model):
     """The dtypes of the FCOS head's class-logit conv outputs, appended at every forward."""
     seen = []
     model.head.cls_logits.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     return seen
+
+
+# ---- a dataset folder of the user's: COCO json and images ---------------------------------
+
+#: The user's category ids are not 1..K on purpose: contiguous indices 0, 1.
+COCO_CATEGORIES = [{"id": 3, "name": "square"}, {"id": 7, "name": "disc"}]
+
+
+def draw_shapes_image(rng, size: int):
+    """A noisy grey image with 1-3 objects; returns it and [(category id, XYWH box)]."""
+    pixels = rng.normal(120, 20, (size, size, 3)).clip(0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(image)
+    objects = []
+    for _ in range(rng.integers(1, 4)):
+        w, h = rng.integers(size // 6, size // 2, 2)
+        x, y = rng.integers(0, size - w), rng.integers(0, size - h)
+        square = rng.random() < 0.5
+        shape = draw.rectangle if square else draw.ellipse
+        shape([x, y, x + w - 1, y + h - 1], fill=(230, 40, 40) if square else (40, 60, 230))
+        objects.append((3 if square else 7, [int(x), int(y), int(w), int(h)]))
+    return image, objects
+
+
+def write_coco_folder(root, split: str, num_images: int, size: int = 96, seed: int = 0):
+    """``root/<split>/`` images and ``root/<split>.json``, as a user would have them (the
+    categories COCO_CATEGORIES); returns the json file and the image folder."""
+    rng = np.random.default_rng(seed)
+    image_dir = os.path.join(root, split)
+    os.makedirs(image_dir, exist_ok=True)
+    images, annotations = [], []
+    for i in range(num_images):
+        image, objects = draw_shapes_image(rng, size)
+        file_name = f"img_{i:03d}.jpg"
+        image.save(os.path.join(image_dir, file_name), quality=95)
+        images.append({"id": 100 + i, "file_name": file_name, "width": size, "height": size})
+        for category, box in objects:
+            annotations.append({"id": len(annotations) + 1, "image_id": 100 + i,
+                                "category_id": category, "bbox": box, "area": box[2] * box[3],
+                                "iscrowd": 0})
+    json_file = os.path.join(root, f"{split}.json")
+    with open(json_file, "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": COCO_CATEGORIES}, f)
+    return json_file, image_dir
+
+
+def coco_spec(name, json_file, image_dir):
+    """The command line's dataset spec of a COCO folder."""
+    return f"name={name},json={json_file},images={image_dir}"
+
+
+def unique_name(name, tmp_path):
+    """A dataset name per test (the catalogs are global to the test process)."""
+    return f"{name}_{abs(hash(str(tmp_path))) % 10**8}"
 
 
 # ---- export: a model with many detections, images, and detections compared with eager -----

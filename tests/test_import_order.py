@@ -3,7 +3,6 @@
 Each case runs in a fresh interpreter (a test process has imported everything already).
 """
 import json
-import os
 import subprocess
 import sys
 import textwrap

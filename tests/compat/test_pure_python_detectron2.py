@@ -1,147 +1,17 @@
-"""The Detectron2 fcos_d2 runs on: the pure-Python v0.6 of tools/install_detectron2.py (its
-install-time fixes, one test each) or a compiled build; the CPU multi-process launch."""
-import json
+"""The Detectron2 fcos_d2 runs on (fcos_d2.compat): the pure-Python v0.6 of
+tools/install_detectron2.py (its install-time fixes, one test each) or a compiled build (the
+installer itself: tests/tools/test_install_detectron2.py)."""
 import os
-import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import load_script
-from fcos_d2 import compat
-from fcos_d2.engine.trainer import create_ddp_model
-from fcos_d2.engine.launch import launch
-
-pure_python_only = pytest.mark.skipif(
-    not compat.pure_python_detectron2(),
-    reason="tests the pure-Python Detectron2 of tools/install_detectron2.py; the installed "
-    "one is a compiled build",
-)
+from helpers import pure_python_only
 
 
 def _out_hw(size, k, stride, padding, dilation):
     return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-
-
-# ---------------------------------------------------------------------------------------
-# tools/install_detectron2.py: the patch and its applier
-# ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def installer():
-    return load_script("tools/install_detectron2.py")
-
-
-_DIFF = textwrap.dedent(
-    """\
-    A description, ignored.
-    --- a/pkg/mod.py
-    +++ b/pkg/mod.py
-    @@ -1,3 +1,3 @@
-     one
-    -two
-    +TWO
-     three
-    @@ -6,2 +6,3 @@
-     six
-    +six and a half
-     seven
-    """
-)
-
-
-def test_unified_diff_applier_applies_hunks_in_order(installer, tmp_path):
-    (tmp_path / "pkg").mkdir()
-    words = ["one", "two", "three", "four", "five", "six", "seven"]
-    (tmp_path / "pkg" / "mod.py").write_text("\n".join(words) + "\n")
-    installer.apply_unified_diff(_DIFF, str(tmp_path))
-    assert (tmp_path / "pkg" / "mod.py").read_text().splitlines() == [
-        "one", "TWO", "three", "four", "five", "six", "six and a half", "seven",
-    ]  # fmt: skip
-
-
-def test_unified_diff_applier_refuses_a_mismatch(installer, tmp_path):
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "mod.py").write_text("one\nzwei\nthree\nfour\nfive\nsix\nseven\n")
-    with pytest.raises(SystemExit, match=r"pkg/mod.py, hunk at line 1 does not match"):
-        installer.apply_unified_diff(_DIFF, str(tmp_path))
-
-
-def test_patch_lists_the_reviewed_files(installer):
-    with open(installer.PATCH_FILE) as f:
-        files = [path for path, _ in installer.parse_unified_diff(f.read())]
-    assert files == [
-        "detectron2/data/build.py",
-        "detectron2/data/datasets/pascal_voc.py",
-        "detectron2/data/transforms/transform.py",
-        "detectron2/evaluation/coco_evaluation.py",
-        "detectron2/evaluation/pascal_voc_evaluation.py",
-        "detectron2/evaluation/sem_seg_evaluation.py",
-        "detectron2/layers/deform_conv.py",
-        "detectron2/layers/nms.py",
-        "detectron2/structures/masks.py",
-        "detectron2/utils/comm.py",
-        "detectron2/utils/video_visualizer.py",
-        "detectron2/utils/visualizer.py",
-        "setup.py",
-    ]
-
-
-def _fake_detectron2(root, c_module=None, dist=False):
-    """A stand-in ``detectron2`` package under ``root`` (nothing in it is executed but
-    its empty ``__init__``); ``c_module``: the file name and text of its ``_C``."""
-    pkg = root / "detectron2"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    if c_module is not None:
-        name, text = c_module
-        (pkg / name).write_text(text)
-    if dist:
-        info = root / "pb1_detectron2-0.6.dist-info"
-        info.mkdir()
-        metadata = "Metadata-Version: 2.1\nName: pb1-detectron2\nVersion: 0.6\n"
-        (info / "METADATA").write_text(metadata)
-    return str(root)
-
-
-@pytest.mark.parametrize(
-    "c_module,dist,state",
-    [
-        (("_C.cpython-311-x86_64-linux-gnu.so", ""), False, "compiled"),
-        (("_C.py", 'FCOS_D2_PATCH = "{current}"\n'), True, "current"),
-        (("_C.py", 'FCOS_D2_PATCH = "detectron2-0.6-pure-python/0"\n'), True, "outdated"),
-        (None, True, "outdated"),  # an install of this script before the patch existed
-        (None, False, "foreign"),  # somebody else's Detectron2 without _C: not replaced
-    ],
-    ids=["compiled", "current", "older-patch", "unpatched", "foreign"],
-)
-def test_installer_tells_what_is_installed(installer, tmp_path, monkeypatch, c_module, dist, state):
-    with open(installer.C_MODULE) as f:
-        current = installer.patch_revision(f.read())
-    if c_module is not None:
-        c_module = (c_module[0], c_module[1].format(current=current))
-    monkeypatch.setenv("PYTHONPATH", _fake_detectron2(tmp_path, c_module, dist))
-    assert installer.installed_state()[0] == state
-
-
-def test_import_fcos_d2_names_the_fix_for_a_detectron2_without_c(tmp_path):
-    import subprocess
-    import sys
-
-    env = dict(os.environ, PYTHONPATH=_fake_detectron2(tmp_path, None, True))
-    res = subprocess.run([sys.executable, "-c", "import fcos_d2"], capture_output=True,
-                         text=True, env=env, cwd=str(tmp_path), timeout=300)  # fmt: skip
-    assert res.returncode == 1
-    assert "has no detectron2._C module" in res.stderr
-    assert "tools/install_detectron2.py --force" in res.stderr
-
-
-@pure_python_only
-def test_installed_detectron2_has_the_current_patch(installer):
-    state, info = installer.installed_state()
-    assert state == "current", info
 
 
 # ---------------------------------------------------------------------------------------
@@ -348,65 +218,3 @@ def test_coco_evaluator_with_default_args(tmp_path):
     # one of two objects found, first in the ranking: precision 1 up to recall 0.5 and
     # 101-point interpolation -> 51/101 at every IoU threshold
     assert results["bbox"]["AP"] == pytest.approx(100 * 51 / 101)
-
-
-# ---------------------------------------------------------------------------------------
-# launch and DDP on CPU
-# ---------------------------------------------------------------------------------------
-
-
-def _dist_main(out_dir, scale):
-    """Runs in every launched process (must be a module-level function to be picklable)."""
-    import torch.distributed as dist
-    from detectron2.utils import comm
-
-    rank = comm.get_rank()
-    t = torch.tensor([float(rank + 1) * scale])
-    if comm.get_world_size() > 1:
-        dist.all_reduce(t)  # sum over ranks
-    result = {
-        "rank": rank,
-        "world_size": comm.get_world_size(),
-        "local_rank": comm.get_local_rank(),
-        "local_size": comm.get_local_size(),
-        "all_reduce": t.item(),
-        "all_gather": comm.all_gather(rank),
-        "backend": dist.get_backend() if dist.is_initialized() else None,
-        "is_main": comm.is_main_process(),
-    }
-    # fcos_d2's DDP wrapper, as its Trainer uses it, on a CPU model
-    model = create_ddp_model(torch.nn.Linear(2, 1, bias=False), broadcast_buffers=False)
-    result["wrapped"] = isinstance(model, torch.nn.parallel.DistributedDataParallel)
-    with torch.no_grad():
-        getattr(model, "module", model).weight.zero_()
-    model(torch.tensor([[float(rank + 1), 0.0]])).sum().backward()
-    result["grad"] = getattr(model, "module", model).weight.grad.tolist()  # mean over ranks
-    comm.synchronize()
-    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump(result, f)
-    return result
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU launch path only used without CUDA")
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
-def test_launch_two_cpu_processes_with_gloo(tmp_path):
-    assert launch(_dist_main, 2, args=(str(tmp_path), 10.0)) is None
-    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    for r, res in enumerate(results):
-        assert res["rank"] == r
-        assert res["world_size"] == 2
-        assert res["local_rank"] == r
-        assert res["local_size"] == 2
-        assert res["all_reduce"] == pytest.approx(30.0)  # 10 * (1 + 2)
-        assert res["all_gather"] == [0, 1]
-        assert res["backend"] == "gloo"
-        assert res["is_main"] == (r == 0)
-        assert res["wrapped"] is True
-        assert res["grad"] == [[pytest.approx(1.5), 0.0]]  # mean of 1 and 2
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU launch path only used without CUDA")
-def test_launch_single_cpu_process_runs_in_process(tmp_path):
-    res = launch(_dist_main, 1, args=(str(tmp_path), 1.0))
-    assert res["world_size"] == 1 and res["rank"] == 0 and res["all_reduce"] == 1.0
-    assert res["wrapped"] is False and res["grad"] == [[1.0, 0.0]]

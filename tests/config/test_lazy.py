@@ -1,4 +1,5 @@
-"""The LazyConfigs in configs/lazy: they load, match the yacs models, and train a step."""
+"""The LazyConfigs in configs/lazy: they load, match the yacs models (the probabilistic
+two-stage ones included), and train a step."""
 import os
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-import fcos_d2  # noqa: F401  (registers FCOS in Detectron2)
+import fcos_d2  # registers FCOS in Detectron2
 
 from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.modeling import build_model
@@ -147,3 +148,34 @@ def test_lazy_fcos_memory_format_follows_the_auto_rule_on_train_device(monkeypat
     cfg.train.device = "cuda"
     assert instantiate(cfg.model).channels_last_modes == (True, True)
 
+
+@pytest.mark.slow  # builds four R-50 models
+@pytest.mark.parametrize("kind", ["faster", "cascade"])
+def test_lazy_config_equals_the_yacs_config(kind):
+    """Same parameters, proposal budgets and second-stage settings as the yacs twin."""
+    lazy = instantiate(LazyConfig.load(f"configs/lazy/prob_{kind}_rcnn_fcos_R_50_FPN.py").model)
+    yacs_path = f"configs/FCOS-RPN/prob_{kind}_rcnn_R_50_FPN_1x.yaml"
+    yacs = build_model(fcos_d2.setup_cfg(yacs_path, ["MODEL.DEVICE", "cpu"]))
+    assert type(lazy.roi_heads) is type(yacs.roi_heads)
+
+    def signature(model):
+        return {k: (tuple(v.shape), v.requires_grad) for k, v in model.named_parameters()}
+
+    assert signature(lazy) == signature(yacs)
+    for split in ("postprocessor", "postprocessor_train"):
+        assert vars(getattr(lazy.proposal_generator, split)) == vars(
+            getattr(yacs.proposal_generator, split)
+        )
+
+    def second_stage(heads):
+        predictors = heads.box_predictor if kind == "cascade" else [heads.box_predictor]
+        matchers = heads.proposal_matchers if kind == "cascade" else [heads.proposal_matcher]
+        return (
+            [m.thresholds for m in matchers],
+            [
+                (type(p), p.box2box_transform.weights, p.test_score_thresh, p.test_nms_thresh)
+                for p in predictors
+            ],
+        )
+
+    assert second_stage(lazy.roi_heads) == second_stage(yacs.roi_heads)

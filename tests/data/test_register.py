@@ -1,15 +1,12 @@
-"""Datasets on disk registered from the command line (fcos_d2.data.register), the demo
-datasets' metadata as Detectron2's tools expect it, and the walk-through of
-docs/own_dataset.md end to end (train, evaluate, demo.py) in a folder outside the repo."""
+"""Datasets on disk registered from the command line (fcos_d2.data.register) and the demo
+datasets' metadata as Detectron2's tools expect it (the walk-through of docs/own_dataset.md:
+tests/tools/test_own_dataset_walk_through.py)."""
 import json
 import os
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 import fcos_d2  # noqa: F401  (registers FCOS and the demo datasets)
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -18,56 +15,7 @@ from detectron2.structures import Boxes, BoxMode, Instances
 
 from fcos_d2.data.register import parse_dataset_spec, register_dataset, setup_datasets
 from fcos_d2.engine.trainer import build_evaluator
-from helpers import REPO
-
-#: The user's category ids are not 1..K on purpose: contiguous indices 0, 1.
-CATEGORIES = [{"id": 3, "name": "square"}, {"id": 7, "name": "disc"}]
-
-
-def draw_image(rng, size: int):
-    """A noisy grey image with 1-3 objects; returns it and [(category id, XYWH box)]."""
-    pixels = rng.normal(120, 20, (size, size, 3)).clip(0, 255).astype(np.uint8)
-    image = Image.fromarray(pixels)
-    draw = ImageDraw.Draw(image)
-    objects = []
-    for _ in range(rng.integers(1, 4)):
-        w, h = rng.integers(size // 6, size // 2, 2)
-        x, y = rng.integers(0, size - w), rng.integers(0, size - h)
-        square = rng.random() < 0.5
-        shape = draw.rectangle if square else draw.ellipse
-        shape([x, y, x + w - 1, y + h - 1], fill=(230, 40, 40) if square else (40, 60, 230))
-        objects.append((3 if square else 7, [int(x), int(y), int(w), int(h)]))
-    return image, objects
-
-
-def write_coco_folder(root, split: str, num_images: int, size: int = 96, seed: int = 0):
-    """``root/<split>/`` images and ``root/<split>.json``, as a user would have them."""
-    rng = np.random.default_rng(seed)
-    image_dir = os.path.join(root, split)
-    os.makedirs(image_dir, exist_ok=True)
-    images, annotations = [], []
-    for i in range(num_images):
-        image, objects = draw_image(rng, size)
-        file_name = f"img_{i:03d}.jpg"
-        image.save(os.path.join(image_dir, file_name), quality=95)
-        images.append({"id": 100 + i, "file_name": file_name, "width": size, "height": size})
-        for category, box in objects:
-            annotations.append({"id": len(annotations) + 1, "image_id": 100 + i,
-                                "category_id": category, "bbox": box, "area": box[2] * box[3],
-                                "iscrowd": 0})
-    json_file = os.path.join(root, f"{split}.json")
-    with open(json_file, "w") as f:
-        json.dump({"images": images, "annotations": annotations, "categories": CATEGORIES}, f)
-    return json_file, image_dir
-
-
-def coco_spec(name, json_file, image_dir):
-    return f"name={name},json={json_file},images={image_dir}"
-
-
-def unique(name, tmp_path):
-    """A dataset name per test (the catalogs are global to the test process)."""
-    return f"{name}_{abs(hash(str(tmp_path))) % 10**8}"
+from helpers import coco_spec, unique_name, write_coco_folder
 
 
 # ---- parsing and errors ------------------------------------------------------------------
@@ -89,9 +37,10 @@ def test_errors_name_the_file_and_the_problem(tmp_path):
     json_file, image_dir = write_coco_folder(str(tmp_path), "train", 3)
     missing = os.path.join(str(tmp_path), "nope.json")
     with pytest.raises(FileNotFoundError, match=f"json file '{missing}' does not exist"):
-        register_dataset(coco_spec(unique("e1", tmp_path), missing, image_dir))
+        register_dataset(coco_spec(unique_name("e1", tmp_path), missing, image_dir))
     with pytest.raises(FileNotFoundError, match="image folder .*/elsewhere' does not exist"):
-        register_dataset(coco_spec(unique("e2", tmp_path), json_file, str(tmp_path / "elsewhere")))
+        elsewhere = str(tmp_path / "elsewhere")
+        register_dataset(coco_spec(unique_name("e2", tmp_path), json_file, elsewhere))
 
     with open(json_file) as f:
         data = json.load(f)
@@ -104,24 +53,24 @@ def test_errors_name_the_file_and_the_problem(tmp_path):
 
     bad = variant("nocats", categories=[])
     with pytest.raises(ValueError, match=f"{bad} has an empty category list"):
-        register_dataset(coco_spec(unique("e3", tmp_path), bad, image_dir))
+        register_dataset(coco_spec(unique_name("e3", tmp_path), bad, image_dir))
     bad = variant("noanns", annotations=[])
     with pytest.raises(ValueError, match=f"{bad} has no annotations .* for its 3 images"):
-        register_dataset(coco_spec(unique("e4", tmp_path), bad, image_dir))
+        register_dataset(coco_spec(unique_name("e4", tmp_path), bad, image_dir))
     bad = variant("badcat", annotations=[{**data["annotations"][0], "category_id": 9}])
     with pytest.raises(ValueError, match=r"category ids not in 'categories' \[3, 7\]: 9"):
-        register_dataset(coco_spec(unique("e5", tmp_path), bad, image_dir))
+        register_dataset(coco_spec(unique_name("e5", tmp_path), bad, image_dir))
     os.remove(os.path.join(image_dir, "img_001.jpg"))
     with pytest.raises(FileNotFoundError, match="1 of the 3 images .* img_001.jpg"):
-        register_dataset(coco_spec(unique("e6", tmp_path), json_file, image_dir))
-    assert not any(unique(f"e{i}", tmp_path) in DatasetCatalog.list() for i in range(1, 7))
+        register_dataset(coco_spec(unique_name("e6", tmp_path), json_file, image_dir))
+    assert not any(unique_name(f"e{i}", tmp_path) in DatasetCatalog.list() for i in range(1, 7))
 
 
 # ---- COCO folder: classes, category ids, evaluator ----------------------------------------
 
 def test_coco_folder_classes_ids_and_evaluator(tmp_path):
     json_file, image_dir = write_coco_folder(str(tmp_path), "val", 4)
-    name = unique("coco_val", tmp_path)
+    name = unique_name("coco_val", tmp_path)
     cfg = fcos_d2.setup_cfg("configs/FCOS-Demo/fcos_R_18_demo.yaml", freeze=False)
     assert cfg.MODEL.FCOS.NUM_CLASSES == 5
     setup_datasets(cfg, test=[coco_spec(name, json_file, image_dir)])
@@ -148,7 +97,7 @@ def test_explicit_num_classes_is_kept_and_checked(tmp_path):
     from fcos_d2.data.checks import check_dataset_classes
 
     json_file, image_dir = write_coco_folder(str(tmp_path), "train", 3)
-    name = unique("coco_train", tmp_path)
+    name = unique_name("coco_train", tmp_path)
     opts = ["MODEL.FCOS.NUM_CLASSES", "4"]
     cfg = fcos_d2.setup_cfg("configs/FCOS-Demo/fcos_R_18_demo.yaml", opts, freeze=False)
     setup_datasets(cfg, train=[coco_spec(name, json_file, image_dir)], opts=opts)
@@ -160,7 +109,7 @@ def test_explicit_num_classes_is_kept_and_checked(tmp_path):
 def test_two_stage_class_count_key(tmp_path):
     json_file, image_dir = write_coco_folder(str(tmp_path), "train", 2)
     cfg = fcos_d2.setup_cfg("configs/FCOS-RPN/faster_rcnn_R_18_FPN_demo.yaml", freeze=False)
-    setup_datasets(cfg, train=[coco_spec(unique("rcnn", tmp_path), json_file, image_dir)])
+    setup_datasets(cfg, train=[coco_spec(unique_name("rcnn", tmp_path), json_file, image_dir)])
     assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 2
 
 
@@ -191,7 +140,7 @@ def write_voc_folder(root, classes_of_images):
 def test_voc_folder(tmp_path):
     root = str(tmp_path / "VOC2007")
     write_voc_folder(root, [["cat", "dog"], ["dog"]])
-    name = unique("voc", tmp_path)
+    name = unique_name("voc", tmp_path)
     cfg = fcos_d2.setup_cfg("configs/FCOS-Demo/fcos_R_18_demo.yaml", freeze=False)
     setup_datasets(cfg, test=[f"name={name},voc={root},split=train,classes=dog|cat"])
     meta = MetadataCatalog.get(name)
@@ -253,82 +202,3 @@ def test_demo_metadata_json_for_coco_evaluator(tmp_path, monkeypatch, name, num_
         evaluator.process([{"image_id": record["image_id"]}], [{"instances": instances}])
     results = evaluator.evaluate()
     assert results["bbox"]["AP"] == pytest.approx(100.0)
-
-
-# ---- the walk-through of docs/own_dataset.md, end to end ----------------------------------
-
-def run_script(args, cwd, timeout=600):
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    proc = subprocess.run([sys.executable] + args, cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc.stdout + proc.stderr
-
-
-@pytest.mark.slow
-def test_walk_through_train_evaluate_demo(tmp_path):
-    data = tmp_path / "shapes"  # the user's folder, outside the repository
-    train_json, train_images = write_coco_folder(str(data), "train", 24, seed=1)
-    val_json, val_images = write_coco_folder(str(data), "val", 6, seed=2)
-    out = tmp_path / "run"
-    train_net = os.path.join(REPO, "train_net.py")
-    config = os.path.join(REPO, "configs/FCOS-Demo/fcos_R_18_demo.yaml")
-    log = run_script([
-        train_net, "--config-file", config,
-        "--train-dataset", f"name=shapes_train,json={train_json},images={train_images}",
-        "--test-dataset", f"name=shapes_val,json={val_json},images={val_images}",
-        "SOLVER.MAX_ITER", "20", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "5",
-        "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
-        "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96", "VIS_PERIOD", "10",
-        "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(out),
-    ], cwd=str(tmp_path))
-    assert "MODEL.FCOS.NUM_CLASSES 2, from dataset 'shapes_train'" in log
-    assert os.path.isfile(out / "model_final.pth")
-    with open(out / "metrics.json") as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    assert any("bbox/AP" in r for r in records)  # evaluated by COCOEvaluator
-    assert all(r["num_pos_anchors"] > 0 for r in records if "loss_fcos_cls" in r)
-    assert "bbox/AP-square" in next(r for r in records if "bbox/AP" in r)
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(out), size_guidance={"images": 0})
-    events.Reload()
-    from fcos_d2.modeling.visualize import VIS_NAME
-
-    assert VIS_NAME in events.Tags()["images"]
-    assert [e.step for e in events.Images(VIS_NAME)] == [0, 10]
-
-    demo_out = tmp_path / "demo_out"
-    log = run_script([
-        os.path.join(REPO, "demo.py"), "--config-file", str(out / "config.yaml"),
-        "--dataset", f"name=shapes_val,json={val_json},images={val_images}",
-        "--input", val_images, "--output", str(demo_out), "--confidence-threshold", "0.05",
-        "--opts", "MODEL.WEIGHTS", str(out / "model_final.pth"),
-    ], cwd=str(tmp_path))
-    assert sorted(os.listdir(demo_out)) == sorted(
-        os.listdir(val_images) + ["images.json", "results.json"]
-    )
-    with open(demo_out / "images.json") as f:
-        assert json.load(f)["categories"] == CATEGORIES
-    with open(demo_out / "results.json") as f:
-        assert {r["category_id"] for r in json.load(f)} <= {3, 7}
-
-    png = tmp_path / "curves.png"
-    log = run_script([os.path.join(REPO, "tools/plot_metrics.py"), str(out / "metrics.json"),
-                      "--output", str(png)], cwd=str(tmp_path))
-    assert "losses, positives, AP" in log and png.stat().st_size > 5000
-
-
-def test_analyze_assignment_takes_a_spec(tmp_path, capsys):
-    from helpers import load_script
-
-    json_file, image_dir = write_coco_folder(str(tmp_path), "train", 3)
-    analyze = load_script("tools/analyze_assignment.py")
-    spec = coco_spec(unique("analyze", tmp_path), json_file, image_dir)
-    table = analyze.main(["--dataset", spec, "--config-file",
-                          "configs/FCOS-Demo/fcos_R_18_demo.yaml", "INPUT.MIN_SIZE_TEST", "96"])
-    with open(json_file) as f:
-        num_boxes = len(json.load(f)["annotations"])
-    assert f"/{num_boxes})" in table and "FPN (P3-P7)" in table
-    assert f"{unique('analyze', tmp_path)}: 3 images" in capsys.readouterr().out

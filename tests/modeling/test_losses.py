@@ -1,11 +1,13 @@
-"""Loss values on tiny inputs computed by hand."""
+"""Loss values on tiny inputs computed by hand (fcos_d2.modeling.losses): the box losses, the
+IoU box-quality target, the moving foreground normaliser."""
 import math
 
 import pytest
 import torch
 
 import fcos_d2  # noqa: F401
-from fcos_d2.modeling.losses import FCOSLosses, iou_loss
+from helpers import tiny_cfg, training_step
+from fcos_d2.modeling.losses import FCOSLosses, box_iou_ltrb, iou_loss
 
 LN2 = math.log(2.0)
 
@@ -143,3 +145,42 @@ def test_predictions_off_the_positives_do_not_matter(loc_loss_type, box_quality)
         assert outs[1][key].item() == pytest.approx(outs[0][key].item())
     torch.testing.assert_close(box_grads[1], box_grads[0])
     assert box_grads[1][0, 1:].abs().sum() == 0 and box_grads[1][0, 0].abs().sum() > 0
+
+
+def bce_with_logit(logit: float, target: float) -> float:
+    p = 1 / (1 + math.exp(-logit))
+    return -(target * math.log(p) + (1 - target) * math.log(1 - p))
+
+
+def test_iou_quality_target_is_the_box_iou():
+    # two positives (classes 0, 1) and a background location (label K = 2)
+    pred = [[1.0, 1.0, 1.0, 1.0], [2.0, 1.0, 2.0, 3.0], [1.0, 1.0, 1.0, 1.0]]
+    target = [[2.0, 2.0, 2.0, 2.0], [1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 0.0, 0.0]]
+    # by hand: 2x2 inside 4x4 -> 4/16; 4x4 and 4x4 sharing 3x4 -> 12/(16+16-12)
+    expected_iou = [0.25, 0.6]
+    iou = box_iou_ltrb(torch.tensor(pred[:2]), torch.tensor(target[:2]))
+    assert torch.allclose(iou, torch.tensor(expected_iou))
+
+    box_dists = torch.tensor([pred], requires_grad=True)
+    quality_logits = [0.3, -0.7, 5.0]
+    losses = FCOSLosses(num_classes=2, box_quality="iou")(
+        torch.zeros(1, 3, 2),
+        box_dists,
+        torch.tensor([quality_logits], requires_grad=True),
+        torch.tensor([[0, 1, 2]]),
+        torch.tensor([target]),
+    )
+    expected = sum(bce_with_logit(q, t) for q, t in zip(quality_logits, expected_iou)) / 2
+    assert set(losses) == {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_iou"}  # named for it
+    assert losses["loss_fcos_iou"].item() == pytest.approx(expected, rel=1e-5)
+    # the target is a constant: the quality loss does not move the boxes
+    (grad,) = torch.autograd.grad(losses["loss_fcos_iou"], box_dists, allow_unused=True)
+    assert grad is None or (grad == 0).all()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_moving_fg_normalizer_follows_the_positives(seeded):
+    cfg = tiny_cfg()
+    cfg.MODEL.FCOS.LOSS_NORMALIZER_CLS = "moving_fg"
+    model, _, _ = training_step(cfg)
+    assert model.losses.moving_num_fg.item() < 100.0  # started at 100, few positives here

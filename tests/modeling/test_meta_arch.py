@@ -1,4 +1,5 @@
-"""The FCOS meta-architecture end to end: registry, a training step, inference, empty images."""
+"""The FCOS meta-architecture end to end: registry, a training step, inference, empty images,
+tiny and odd image sizes."""
 
 import pytest
 import torch
@@ -78,3 +79,23 @@ def test_mismatched_strides_are_reported():
     cfg.MODEL.FCOS.FPN_STRIDES = [8, 16, 32, 64, 256]
     with pytest.raises(ValueError, match="FPN_STRIDES"):
         build_model(cfg)
+
+
+def test_images_without_annotations_train(seeded):
+    model = build_model(tiny_cfg()).train()
+    losses = model(make_inputs([[], []]))
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize("size", [(32, 32), (1, 500), (100, 75), (130, 257)])
+def test_tiny_and_odd_sizes_train_and_infer(size, seeded):
+    model = build_model(tiny_cfg())
+    h, w = size
+    box = [[0, 0, max(w / 2, 1), max(h / 2, 1)]]
+    model.train()
+    losses = model(make_inputs([box, box], size=size))
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    with torch.no_grad():
+        out = model(make_inputs([[]], size=size))[0]["instances"]
+    assert out.image_size == size

@@ -1,10 +1,11 @@
-"""Probabilistic two-stage FCOS: FCOS proposals' P(object) x the ROI heads' P(class)."""
+"""Probabilistic two-stage FCOS (fcos_d2.modeling.roi_heads): FCOS proposals' P(object) x
+the ROI heads' P(class); the yacs configs of the recipe (their LazyConfig twins:
+tests/config/test_lazy.py)."""
 import math
 
 import pytest
 import torch
 
-from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import ROI_HEADS_REGISTRY, build_model
 from detectron2.modeling.roi_heads import CascadeROIHeads, FastRCNNOutputLayers, StandardROIHeads
@@ -248,35 +249,3 @@ def test_yacs_configs_hold_the_recipe(path):
     assert cfg.MODEL.ROI_HEADS.NAME == HEADS["cascade" if cascade else "faster"]
     if cascade:
         assert list(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS) == [0.6, 0.7, 0.8]
-
-
-@pytest.mark.slow  # builds four R-50 models
-@pytest.mark.parametrize("kind", ["faster", "cascade"])
-def test_lazy_config_equals_the_yacs_config(kind):
-    """Same parameters, proposal budgets and second-stage settings as the yacs twin."""
-    lazy = instantiate(LazyConfig.load(f"configs/lazy/prob_{kind}_rcnn_fcos_R_50_FPN.py").model)
-    yacs_path = f"configs/FCOS-RPN/prob_{kind}_rcnn_R_50_FPN_1x.yaml"
-    yacs = build_model(fcos_d2.setup_cfg(yacs_path, ["MODEL.DEVICE", "cpu"]))
-    assert type(lazy.roi_heads) is type(yacs.roi_heads)
-
-    def signature(model):
-        return {k: (tuple(v.shape), v.requires_grad) for k, v in model.named_parameters()}
-
-    assert signature(lazy) == signature(yacs)
-    for split in ("postprocessor", "postprocessor_train"):
-        assert vars(getattr(lazy.proposal_generator, split)) == vars(
-            getattr(yacs.proposal_generator, split)
-        )
-
-    def second_stage(heads):
-        predictors = heads.box_predictor if kind == "cascade" else [heads.box_predictor]
-        matchers = heads.proposal_matchers if kind == "cascade" else [heads.proposal_matcher]
-        return (
-            [m.thresholds for m in matchers],
-            [
-                (type(p), p.box2box_transform.weights, p.test_score_thresh, p.test_nms_thresh)
-                for p in predictors
-            ],
-        )
-
-    assert second_stage(lazy.roi_heads) == second_stage(yacs.roi_heads)

@@ -1,5 +1,6 @@
-"""Target assignment on hand-computed cases."""
+"""Target assignment on hand-computed cases; its memory on many boxes."""
 import math
+import os
 
 import pytest
 import torch
@@ -132,3 +133,31 @@ def test_wrong_number_of_sizes_of_interest_is_refused():
     cfg = fcos_d2.setup_cfg("configs/Base-FCOS.yaml", ["MODEL.FCOS.SIZES_OF_INTEREST", "[64]"])
     with pytest.raises(ValueError, match="SIZES_OF_INTEREST needs 4 values for 5 levels"):
         build_model(cfg)  # refused when the model is built, before any data
+
+
+def _peak_rss_mb():
+    with open("/proc/self/status") as f:
+        return {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in f if ln.startswith("Vm")}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+def test_assignment_of_1000_boxes_in_800x1333_has_bounded_memory():
+    torch.manual_seed(0)
+    strides = [8, 16, 32, 64, 128]
+    locations = [compute_locations(-(-800 // s), -(-1344 // s), s) for s in strides]
+    xy = torch.rand(1000, 2) * torch.tensor([1200.0, 700.0])
+    boxes = torch.cat([xy, xy + torch.rand(1000, 2) * 120 + 4], dim=1)
+    classes = torch.randint(0, 80, (1000,))
+    assigner = FCOSTargetAssigner(num_classes=80)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak (VmHWM) to the current RSS
+    except OSError:
+        pytest.skip("cannot reset the peak RSS")
+    before = _peak_rss_mb()["VmRSS"]
+    labels, reg = assigner(locations, strides, [boxes], [classes])
+    extra = _peak_rss_mb()["VmHWM"] - before
+    num_pairs = sum(len(level) for level in locations) * 1000  # 22.4M location-box pairs
+    # Unchunked, the (R, G, 4) distances alone would take num_pairs * 16 bytes (~360 MB).
+    assert extra < 300, f"peak extra memory {extra:.0f} MB for {num_pairs} pairs"
+    assert (labels < 80).sum() > 1000

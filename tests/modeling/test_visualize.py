@@ -1,6 +1,5 @@
-"""What training puts into Detectron2's event storage (fcos_d2.modeling.visualize) and
-tools/plot_metrics.py."""
-import json
+"""What training puts into Detectron2's event storage (fcos_d2.modeling.visualize); the
+curves of tools/plot_metrics.py: tests/tools/test_plot_metrics.py."""
 
 import numpy as np
 import pytest
@@ -8,7 +7,7 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from helpers import load_script, make_inputs, tiny_cfg
+from helpers import make_inputs, tiny_cfg
 from fcos_d2.modeling.visualize import NUM_POS_KEY, VIS_NAME, log_positive_locations
 
 
@@ -77,25 +76,3 @@ def test_vis_period_draws_ground_truth_over_detections(one_thread, vis_period, i
     assert (top != image).any(axis=0)[10, 10:60].all()  # the ground-truth box is drawn
     assert not (top != image).any(axis=0)[30:40, 25:45].any()  # inside it, the image
     assert (bottom != image).any()  # some detections of the random model are drawn
-
-
-def test_plot_metrics(tmp_path):
-    plot_metrics = load_script("tools/plot_metrics.py")
-    metrics = tmp_path / "metrics.json"
-    lines = [{"iteration": i, "total_loss": 3 - i / 10, "loss_fcos_cls": 1 - i / 30,
-              NUM_POS_KEY: 20 + i, "lr": 0.01} for i in range(0, 20, 2)]
-    lines.append({"iteration": 19, "bbox/AP": 12.5, "bbox/AP50": 30.0, "bbox/AP75": 8.0})
-    lines.append({"iteration": 4, "total_loss": 0.5})  # a resumed run repeats iteration 4
-    metrics.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    records = plot_metrics.read_metrics(str(metrics))
-    assert records[4]["total_loss"] == 0.5
-    assert records[4]["loss_fcos_cls"] == pytest.approx(1 - 4 / 30)
-    assert plot_metrics.series(records, "bbox/AP") == ([19], [12.5])
-    assert plot_metrics.loss_keys(records) == ["total_loss", "loss_fcos_cls"]
-    png = tmp_path / "out" / "curves.png"
-    assert plot_metrics.main([str(metrics), "--output", str(png)]) == 0
-    from PIL import Image
-
-    assert Image.open(png).size == (int(4.2 * 3 * 80), int(3.4 * 80))  # three panels
-    with pytest.raises(FileNotFoundError, match="nope.json does not exist"):
-        plot_metrics.read_metrics(str(tmp_path / "nope.json"))
