@@ -106,8 +106,8 @@ def add_fcos_config(cfg: CN) -> CN:
     if "PRECISION" not in _C.SOLVER.AMP:
         _C.SOLVER.AMP.PRECISION = "auto"
     # Inference under autocast, inside the model (every client: evaluation, predictors,
-    # demo, TTA, Detectron2's tools). "auto": bfloat16 on CPUs with AMX, float32 (no
-    # autocast) elsewhere; "float16", "bfloat16" or "float32" force one.
+    # demo, TTA, Detectron2's tools). "auto": bfloat16 on CPUs with bfloat16 instructions
+    # (avx512_bf16), float32 (no autocast) elsewhere; "float16", "bfloat16" or "float32" force one.
     if "AMP" not in _C.TEST:
         _C.TEST.AMP = CN()
         _C.TEST.AMP.ENABLED = True

@@ -11,7 +11,7 @@ memory format  cuda     --                    NHWC         NHWC
 memory format  cpu      AVX-512 (avx512f)     NHWC         NHWC
 memory format  cpu      --                    NCHW         NHWC
 precision      cuda     --                    float16      float32
-precision      cpu      AMX (amx_bf16)        bfloat16     bfloat16
+precision      cpu      bf16 (avx512_bf16)    bfloat16     bfloat16
 precision      cpu      --                    bfloat16     float32
 ============== ======== ===================== ============ ============
 
@@ -22,11 +22,15 @@ precision      cpu      --                    bfloat16     float32
   reduced precision that autocast uses when AMP is enabled for that mode. Training with
   ``SOLVER.AMP.ENABLED`` uses Detectron2's float16 on CUDA and bfloat16 on CPUs. At
   inference ``TEST.AMP.ENABLED`` is on by default, and "auto" picks bfloat16 only where
-  it was measured faster than float32 with the same detections: CPUs with AMX bfloat16
-  units (R-50 FCOS inference 0.38x the float32 time). Without AMX bfloat16 was slower
-  (1.6x float32 with AVX-512 + avx512_bf16 instructions only; AVX2 has no bfloat16
-  arithmetic) and "auto" keeps float32; on CUDA it keeps float32 until measured (set
-  ``TEST.AMP.PRECISION "float16"`` to use tensor cores). Figures in docs/benchmarks.md.
+  it was measured faster than float32 with the same detections: CPUs with bfloat16
+  instructions (``avx512_bf16``; R-50 FCOS inference at 800x1216 0.38x the float32 time
+  on an Intel Xeon with AMX, 0.53x on an AMD EPYC with AVX-512 and no AMX). Without them
+  (AVX2 only) bfloat16 is emulated, 1.5x slower than float32, and "auto" keeps float32;
+  on CUDA it keeps float32 until measured (set ``TEST.AMP.PRECISION "float16"`` to use
+  tensor cores). Figures in docs/benchmarks.md.
+* The CPU features are those PyTorch may use: the flags of ``/proc/cpuinfo`` less what
+  ``ATEN_CPU_CAPABILITY`` or ``ONEDNN_MAX_CPU_ISA`` rule out, so that a run which caps the
+  instruction set (to emulate another CPU kind) gets that kind's choices.
 * BatchNorm folding is not machine-dependent: ``MODEL.FCOS.FOLD_FROZEN_BN`` (every
   forward) and ``MODEL.FCOS.FOLD_BN_AT_TEST`` (inference mode) are on by default.
 
@@ -40,6 +44,7 @@ global state such as ``torch.is_grad_enabled()``.
 import contextlib
 import functools
 import logging
+import os
 import platform
 from dataclasses import dataclass
 from typing import FrozenSet, Optional, Tuple
@@ -61,6 +66,7 @@ __all__ = [
     "float32",
     "precision_modes",
     "rule_for",
+    "usable_cpu_flags",
     "vector_extensions",
 ]
 
@@ -88,7 +94,7 @@ RULES: Tuple[Rule, ...] = (
     Rule("memory_format", "cpu", None, "nchw", "nhwc"),
     Rule("memory_format", "any", None, "nchw", "nchw"),
     Rule("precision", "cuda", None, "float16", "float32"),
-    Rule("precision", "cpu", "amx_bf16", "bfloat16", "bfloat16"),
+    Rule("precision", "cpu", "avx512_bf16", "bfloat16", "bfloat16"),
     Rule("precision", "cpu", None, "bfloat16", "float32"),
     Rule("precision", "any", None, "float32", "float32"),
 )
@@ -119,6 +125,35 @@ def cpu_flags() -> FrozenSet[str]:
     return _cpuinfo()[1]
 
 
+# ONEDNN_MAX_CPU_ISA values (prefixes) -> the flag families they rule out; values not
+# listed (ALL, DEFAULT, AVX10_*, AMX*) cap nothing that the rules look at
+_ISA_CAPS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
+    ("AVX512_CORE_BF16", ("amx",)),
+    ("AVX512_CORE_FP16", ("amx",)),
+    ("AVX512", ("amx", "avx512_bf16")),
+    ("AVX2", ("amx", "avx512")),
+    ("AVX", ("amx", "avx512", "avx2")),
+    ("SSE", ("amx", "avx512", "avx2")),
+)
+
+
+def usable_cpu_flags(flags: FrozenSet[str]) -> FrozenSet[str]:
+    """``flags`` less the instruction-set families that PyTorch is told not to use:
+    ``ATEN_CPU_CAPABILITY`` below AVX-512 (e.g. "avx2") rules out AVX-512 and AMX;
+    ``ONEDNN_MAX_CPU_ISA`` (or ``DNNL_MAX_CPU_ISA``) what it caps, e.g. "AVX2" rules out
+    AVX-512 and AMX, "AVX512_CORE_BF16" AMX."""
+    banned = set()
+    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
+    if aten and not aten.startswith("avx512"):  # e.g. "avx2", "default"
+        banned.update(("amx", "avx512"))
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA", ""))
+    for prefix, families in _ISA_CAPS:
+        if cap.upper().startswith(prefix):
+            banned.update(families)
+            break
+    return frozenset(f for f in flags if not any(f.startswith(b) for b in banned))
+
+
 def vector_extensions(flags: FrozenSet[str]) -> str:
     """The x86 vector extensions that decide PyTorch's CPU speed and the rules, e.g.
     "AVX2, AVX-512 (bf16), no AMX"."""
@@ -133,9 +168,14 @@ def vector_extensions(flags: FrozenSet[str]) -> str:
 
 def cpu_description() -> str:
     """The CPU's model and vector extensions, e.g. "AMD EPYC; AVX2, AVX-512 (bf16), no
-    AMX", for tables of timings."""
+    AMX", for tables of timings; with "; emulating AVX2, no AMX" where the environment
+    caps the instruction set (:func:`usable_cpu_flags`)."""
     model = _cpuinfo()[0] or platform.processor() or platform.machine()
-    return f"{model}; {vector_extensions(cpu_flags())}"
+    flags = cpu_flags()
+    usable = usable_cpu_flags(flags)
+    if usable == flags:
+        return f"{model}; {vector_extensions(flags)}"
+    return f"{model}; {vector_extensions(flags)}; emulating {vector_extensions(usable)}"
 
 
 def device_type(device) -> str:
@@ -145,9 +185,9 @@ def device_type(device) -> str:
 
 def rule_for(setting: str, device, flags: Optional[FrozenSet[str]] = None) -> Rule:
     """The first rule of :data:`RULES` for ``setting`` that matches ``device`` and the
-    CPU's ``flags`` (default: :func:`cpu_flags`)."""
+    CPU's ``flags`` (default: :func:`usable_cpu_flags` of :func:`cpu_flags`)."""
     kind = device_type(device)
-    flags = cpu_flags() if flags is None else flags
+    flags = usable_cpu_flags(cpu_flags()) if flags is None else flags
     for rule in RULES:
         if rule.setting != setting or rule.device not in (kind, "any"):
             continue

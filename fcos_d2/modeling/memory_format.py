@@ -16,7 +16,14 @@ Both formats compute the same function up to float rounding; only the speed diff
 import logging
 from typing import FrozenSet, Optional, Tuple
 
-from .execution import MEMORY_FORMATS, cpu_description, cpu_flags, rule_for, vector_extensions
+from .execution import (
+    MEMORY_FORMATS,
+    cpu_description,
+    cpu_flags,
+    rule_for,
+    usable_cpu_flags,
+    vector_extensions,
+)
 
 __all__ = [
     "MEMORY_FORMATS",
@@ -35,8 +42,9 @@ logger = logging.getLogger(__name__)
 def nhwc_is_faster(device: str, training: bool, flags: Optional[FrozenSet[str]] = None) -> bool:
     """Whether the memory-format rule of :data:`fcos_d2.modeling.execution.RULES` picks
     NHWC in this mode on ``device`` (e.g. "cpu", "cuda:1"; ``flags``: the CPU's, default
-    :func:`cpu_flags`)."""
-    rule = rule_for("memory_format", device, cpu_flags() if flags is None else flags)
+    :func:`cpu_flags`, less what the environment caps: :func:`usable_cpu_flags`)."""
+    flags = usable_cpu_flags(cpu_flags()) if flags is None else flags
+    rule = rule_for("memory_format", device, flags)
     return (rule.training if training else rule.inference) == "nhwc"
 
 

@@ -22,8 +22,8 @@ BOXES = [[[10, 12, 60, 70], [30, 5, 90, 40]], [[0, 0, 40, 96]]]
     "device, flags, training, expected",
     [
         ("cpu", XEON_AMX, False, torch.bfloat16),  # AMX: bfloat16 at the hardware's rate
-        ("cpu", EPYC_AVX512, False, None),  # no AMX: bfloat16 convs slower than float32
-        ("cpu", EPYC_AVX2, False, None),  # emulated bfloat16
+        ("cpu", EPYC_AVX512, False, torch.bfloat16),  # avx512_bf16 without AMX: faster too
+        ("cpu", EPYC_AVX2, False, None),  # emulated bfloat16: slower than float32
         ("cpu", XEON_AMX, True, torch.bfloat16),
         ("cpu", EPYC_AVX2, True, torch.bfloat16),  # SOLVER.AMP on a CPU: bfloat16
         ("cuda", frozenset(), True, torch.float16),  # Detectron2's AMP: float16
@@ -33,6 +33,43 @@ BOXES = [[[10, 12, 60, 70], [30, 5, 90, 40]], [[0, 0, 40, 96]]]
 )
 def test_auto_precision_per_device_and_cpu(device, flags, training, expected):
     assert amp_dtype("auto", device, training, flags) == expected
+
+
+@pytest.mark.parametrize(
+    "cap, expected",
+    [
+        (None, XEON_AMX),
+        ("AVX512_CORE_BF16", XEON_AMX - {"amx_tile", "amx_bf16"}),
+        ("avx512_core", XEON_AMX - {"amx_tile", "amx_bf16", "avx512_bf16"}),
+        ("AVX2", EPYC_AVX2),
+        ("ALL", XEON_AMX),
+    ],
+)
+def test_an_instruction_set_cap_is_the_emulated_cpu(monkeypatch, cap, expected):
+    """ONEDNN_MAX_CPU_ISA (how another CPU kind is emulated) removes what it caps from the
+    flags the rules see, so "auto" chooses as on that kind."""
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert execution.usable_cpu_flags(XEON_AMX) == expected
+    monkeypatch.setattr(execution, "cpu_flags", lambda: XEON_AMX)
+    emulating_avx2 = cap == "AVX2"
+    with_bf16 = "avx512_bf16" in expected
+    assert amp_dtype("auto", "cpu", False) == (torch.bfloat16 if with_bf16 else None)
+    description = execution.cpu_description()
+    assert ("; emulating " in description) == (expected != XEON_AMX), description
+    assert description.endswith("; emulating AVX2, no AMX") == emulating_avx2, description
+
+
+def test_aten_cpu_capability_below_avx512_rules_out_avx512(monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert execution.usable_cpu_flags(XEON_AMX) == EPYC_AVX2
+    assert execution.usable_cpu_flags(EPYC_AVX2) == EPYC_AVX2
 
 
 def test_explicit_precisions_and_a_bad_value():
