@@ -235,7 +235,7 @@ def assert_same_detections(outputs, reference, min_count=1, check_dtypes=False):
     torch.testing.assert_close(boxes, ref_boxes, atol=BOX_ATOL, rtol=0)
 
 
-def end_to_end_runner(model, fmt, path, resize):
+def end_to_end_runner(model, fmt, resize, path):
     """The end-to-end graph of ``model`` (``fmt`` "onnx" or "torchscript", in-graph resize
     ``resize`` or none) exported to ``path`` on a 96x128 sample image and loaded again: a
     function (H, W, 3) uint8 image -> (boxes, scores, classes)."""

@@ -105,7 +105,7 @@ def raw_runner(model, fmt, path):
 
 def e2e_runner(model, fmt, path):
     """The end-to-end graph (resize in the graph) traced on a 96x128 image."""
-    return end_to_end_runner(model, fmt, path, RESIZE)
+    return end_to_end_runner(model, fmt, RESIZE, path)
 
 
 @pytest.fixture(scope="module", params=["default", "torchvision"])
