@@ -16,11 +16,12 @@ sets, set here the same way). The exported files are the tool's (``model.ts`` or
 ``model.onnx`` and its TorchScript IR dumps). Then it runs the exported TorchScript model on
 the sample and prints its detections against the eager model's.
 
-Works for the one-stage ``FCOS`` and for Faster R-CNN with FCOS proposals
-(``configs/FCOS-RPN/``), like the tool does for RetinaNet and Faster R-CNN. The tool
-needs a Detectron2 whose ``detectron2.export`` imports without caffe2 and defines
-``STABLE_ONNX_OPSET_VERSION`` (Detectron2 built from a source newer than v0.6); see
-docs/deployment.md.
+Both ``--export-method tracing`` and ``scripting`` work for the one-stage ``FCOS`` and for
+Faster R-CNN with FCOS proposals (``configs/FCOS-RPN/``), as the tool does for RetinaNet
+and Faster R-CNN; the exported models compute in float32 (``TEST.AMP`` is turned off
+here). The tool needs a Detectron2 whose ``detectron2.export`` imports without caffe2 and
+defines ``STABLE_ONNX_OPSET_VERSION`` (Detectron2 built from a source newer than v0.6);
+see docs/deployment.md.
 """
 import argparse
 import importlib.util

@@ -4,7 +4,7 @@ import copy
 from typing import Optional, Tuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
@@ -30,8 +30,14 @@ def _norm_scale_shift(norm: nn.Module) -> Optional[Tuple[torch.Tensor, torch.Ten
         bias = norm.bias if norm.affine else torch.zeros_like(ones)
     else:
         return None
-    scale = weight * torch.rsqrt(norm.running_var + norm.eps)
-    return scale, bias - norm.running_mean * scale
+    return _scale_shift(weight, bias, norm.running_mean, norm.running_var, norm.eps)
+
+
+def _scale_shift(
+    weight: Tensor, bias: Tensor, running_mean: Tensor, running_var: Tensor, eps: float
+) -> Tuple[Tensor, Tensor]:
+    scale = weight * torch.rsqrt(running_var + eps)
+    return scale, bias - running_mean * scale
 
 
 @torch.no_grad()
@@ -106,15 +112,25 @@ class FrozenBatchNormFoldedConv2d(Conv2d):
     and, in training, none in backward either: the gradient reaches ``W`` through the
     (C_out x C_in x k x k) product, which is small next to the feature maps. The
     parameters and the ``norm`` submodule stay where they were, so checkpoints are
-    unchanged. Any other norm runs as in :class:`Conv2d`.
+    unchanged. Its ``norm`` is a FrozenBatchNorm2d, or None once :func:`fold_batchnorm`
+    folded it (then it is a plain convolution). Scripts (``torch.jit.script``).
     """
 
-    def forward(self, x):
-        if not isinstance(self.norm, FrozenBatchNorm2d):
-            return super().forward(x)
-        scale, shift = _norm_scale_shift(self.norm)
-        weight = self.weight * scale.view(-1, 1, 1, 1)
-        bias = shift if self.bias is None else self.bias * scale + shift
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.norm is not None and not isinstance(self.norm, FrozenBatchNorm2d):
+            raise TypeError(f"the norm must be a FrozenBatchNorm2d, got {type(self.norm)}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.weight
+        bias: Optional[Tensor] = self.bias
+        if self.norm is not None:  # the FrozenBatchNorm2d (None once fold_batchnorm folded it)
+            norm = self.norm
+            scale, shift = _scale_shift(
+                norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.eps
+            )
+            weight = weight * scale.view(-1, 1, 1, 1)
+            bias = shift if bias is None else bias * scale + shift
         x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
         if self.activation is not None:
             x = self.activation(x)

@@ -1,10 +1,10 @@
 """FCOS post-processing: dense head outputs -> scored, class-aware-NMS'ed boxes."""
 import logging
 import math
-from typing import TYPE_CHECKING, List, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.profiler import record_function
 from torchvision.ops import batched_nms, nms
 
@@ -13,9 +13,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.logger import log_every_n_seconds
 
 from .deprecation import renamed_argument
-
-if TYPE_CHECKING:  # pipeline imports this module
-    from .pipeline import FCOSPredictions
+from .recording import exporting, recording
+from .predictions import FCOSPredictions
 
 __all__ = [
     "FCOSPostProcessor",
@@ -41,12 +40,6 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def recording() -> bool:
-    """Whether a graph is being recorded (``torch.jit.trace``, ``torch.export``): counts and
-    sizes are then symbolic, and no Python branch may depend on them."""
-    return torch.jit.is_tracing() or torch.compiler.is_exporting()
-
-
 def class_offset_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float):
     """Class-aware NMS as one NMS over the boxes shifted apart by class: what torchvision's
     ``batched_nms`` computes for up to 1000 boxes on CPU and while tracing, without its
@@ -57,7 +50,9 @@ def class_offset_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_thresho
     coordinates) make that true for 0 or 1 candidates, and are dropped from the result."""
     top = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max()  # defined for 0 boxes too
     shifted = boxes + (classes.to(boxes) * (top + 1))[:, None]
-    apart = boxes.new_tensor([[-3.0, -3.0, -2.0, -2.0], [-6.0, -6.0, -5.0, -5.0]])
+    apart = torch.tensor(
+        [[-3.0, -3.0, -2.0, -2.0], [-6.0, -6.0, -5.0, -5.0]], dtype=boxes.dtype, device=boxes.device
+    )
     lowest = scores.new_full((2,), -1.0)  # candidates' scores are >= 0
     keep = nms(torch.cat([shifted, apart]), torch.cat([scores, lowest]), iou_threshold)
     return keep[:-2]  # best first: the two added boxes come last
@@ -66,7 +61,7 @@ def class_offset_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_thresho
 def class_aware_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float):
     """Indices of the boxes that NMS within each class keeps, best score first:
     torchvision's ``batched_nms``, or :func:`class_offset_nms` under ``torch.export``."""
-    if torch.compiler.is_exporting():
+    if exporting():
         return class_offset_nms(boxes, scores, classes, iou_threshold)
     return batched_nms(boxes, scores, classes, iou_threshold)
 
@@ -77,16 +72,20 @@ def finite_mask(boxes: Tensor, scores: Tensor) -> Tensor:
     is being recorded."""
     finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
     if not recording():
-        dropped = len(finite) - int(finite.count_nonzero())
-        if dropped:
-            log_every_n_seconds(
-                logging.WARNING,
-                f"FCOS post-processing dropped {dropped} candidates with a non-finite "
-                "box or score (the head's outputs overflowed or diverged)",
-                n=10,
-                name=__name__,
-            )
+        _log_non_finite(len(finite) - int(finite.count_nonzero()))
     return finite
+
+
+@torch.jit.unused  # Python logging: never reached in a graph (see recording())
+def _log_non_finite(dropped: int) -> None:
+    if dropped:
+        log_every_n_seconds(
+            logging.WARNING,
+            f"FCOS post-processing dropped {dropped} candidates with a non-finite "
+            "box or score (the head's outputs overflowed or diverged)",
+            n=10,
+            name=__name__,
+        )
 
 
 def nonempty_mask(boxes: Tensor, min_size: float = 0.0) -> Tensor:
@@ -107,9 +106,16 @@ def clip_boxes(boxes: Tensor, image_size: Size) -> Tensor:
 
     ``image_size`` may hold tensors (an exported graph's dynamic size).
     """
-    height, width = (torch.as_tensor(s, dtype=boxes.dtype, device=boxes.device) for s in image_size)
+    height, width = _size_as(image_size[0], boxes), _size_as(image_size[1], boxes)
     upper = torch.stack([width, height, width, height])
     return torch.minimum(boxes.clamp(min=0), upper)
+
+
+def _size_as(size: Union[int, Tensor], like: Tensor) -> Tensor:
+    """A height or width as a 0-dim tensor of ``like``'s dtype and device."""
+    if isinstance(size, Tensor):  # (TorchScript types each branch's call)
+        return torch.as_tensor(size, dtype=like.dtype, device=like.device)
+    return torch.as_tensor(size, dtype=like.dtype, device=like.device)
 
 
 def _size_tensor(size: Union[Tuple[int, int], Tensor]) -> Tensor:
@@ -152,6 +158,11 @@ def rescale_boxes(
     return boxes, nonempty_mask(boxes)
 
 
+def _cls_times_ctr(logits: Tensor, ctr_prob: Tensor) -> Tensor:
+    """(R, K) class probabilities times the (R,) centerness probabilities."""
+    return logits.sigmoid() * ctr_prob[:, None]
+
+
 def to_instances(
     boxes: Tensor, scores: Tensor, classes: Tensor, image_size: Tuple[int, int]
 ) -> Instances:
@@ -163,7 +174,7 @@ def to_instances(
     return result
 
 
-class FCOSPostProcessor:
+class FCOSPostProcessor(nn.Module):
     """Turns the head's predictions for a batch into detections per image.
 
     Per level: keep (location, class) pairs whose class probability (or cls * ctr with
@@ -179,7 +190,9 @@ class FCOSPostProcessor:
 
     :meth:`detect_image` is the whole computation for one image on tensors; it can be
     traced (``torch.jit.trace``, ONNX export). :meth:`final_detections` is its last step
-    (after the per-level selection), which test-time augmentation also merges with.
+    (after the per-level selection), which test-time augmentation also merges with. A
+    module without parameters or buffers (no checkpoint keys), so that it scripts
+    (``torch.jit.script``) with the model that holds it.
     """
 
     @configurable
@@ -204,6 +217,7 @@ class FCOSPostProcessor:
                 ``remove_small_boxes`` is its deprecated name.
             the others: see the class.
         """
+        super().__init__()
         self.remove_empty_boxes = renamed_argument(
             "FCOSPostProcessor", renamed, "remove_small_boxes", "remove_empty_boxes",
             remove_empty_boxes,
@@ -231,8 +245,8 @@ class FCOSPostProcessor:
             "remove_empty_boxes": fcos.REMOVE_EMPTY_BOXES,
         }
 
-    def __call__(
-        self, predictions: "FCOSPredictions", image_sizes: List[Tuple[int, int]]
+    def forward(
+        self, predictions: FCOSPredictions, image_sizes: List[Tuple[int, int]]
     ) -> List[Instances]:
         """
         Args:
@@ -243,28 +257,32 @@ class FCOSPostProcessor:
             per image, Instances with ``pred_boxes``, ``scores``, ``pred_classes`` in
             input-image coordinates (clipped to the image), best score first.
         """
+        results: List[Instances] = []
         with record_function("FCOSPostProcessor.__call__"):  # a profiler range (benchmarks/)
-            return [
-                to_instances(*self.detect_image(predictions, n, image_size), image_size)
-                for n, image_size in enumerate(image_sizes)
-            ]
+            for n, image_size in enumerate(image_sizes):
+                boxes, scores, classes = self.detect_image(predictions, n, image_size)
+                results.append(to_instances(boxes, scores, classes, image_size))
+        return results
 
     def detect_image(
-        self, predictions: "FCOSPredictions", n: int, image_size: Size
+        self, predictions: FCOSPredictions, n: int, image_size: Size
     ) -> Tuple[Tensor, Tensor, Tensor]:
         """Detections of image ``n``: (D, 4) boxes, (D,) scores, (D,) classes."""
-        per_level = [
-            self.select_level(points, stride, logits[n], dists[n], ctrness[n])
-            for points, stride, logits, dists, ctrness in zip(
-                predictions.locations,
-                predictions.strides,
-                predictions.logits,
-                predictions.box_dists,
-                predictions.ctrness,
-            )
-        ]
-        boxes, scores, classes = (torch.cat(x) for x in zip(*per_level))
-        return self.final_detections(boxes, scores, classes, image_size)
+        boxes, scores, classes = [], [], []
+        for points, stride, logits, dists, ctrness in zip(
+            predictions.locations,
+            predictions.strides,
+            predictions.logits,
+            predictions.box_dists,
+            predictions.ctrness,
+        ):
+            level = self.select_level(points, stride, logits[n], dists[n], ctrness[n])
+            boxes.append(level[0])
+            scores.append(level[1])
+            classes.append(level[2])
+        return self.final_detections(
+            torch.cat(boxes), torch.cat(scores), torch.cat(classes), image_size
+        )
 
     def select_level(
         self, points: Tensor, stride: int, logits: Tensor, dists: Tensor, ctrness: Tensor
@@ -280,22 +298,19 @@ class FCOSPostProcessor:
         the whole (R, K) score map is cheaper than gathering them all.
         """
         ctr_prob = ctrness.sigmoid()  # (R,)
-
-        def cls_times_ctr() -> Tensor:  # (R, K), the score map before any sqrt
-            return logits.sigmoid() * ctr_prob[:, None]
-
-        dense = None
+        dense: Optional[Tensor] = None  # (R, K) cls * ctr, the score map before any sqrt
         if self.thresh_on_final_score or self.thresh_with_ctr:
-            dense = cls_times_ctr()
+            cls_ctr = _cls_times_ctr(logits, ctr_prob)
             # torchvision thresholds the final score: sqrt(cls * ctr) with score_sqrt
-            final = torch.sqrt(dense) if self.thresh_on_final_score and self.score_sqrt else dense
-            passing = final > self.score_thresh
+            sqrt = self.thresh_on_final_score and self.score_sqrt
+            passing = (torch.sqrt(cls_ctr) if sqrt else cls_ctr) > self.score_thresh
+            dense = cls_ctr
         else:
             # sigmoid(x) > t  <=>  x > logit(t): threshold the logits, no sigmoid needed
             passing = logits > _logit(self.score_thresh)
         if recording() or int(passing.count_nonzero()) > self.pre_nms_topk:
             if dense is None:
-                dense = cls_times_ctr()
+                dense = _cls_times_ctr(logits, ctr_prob)
             loc_idx, classes, scores = self.dense_topk(dense, passing)
         else:
             loc_idx, classes = passing.nonzero().unbind(1)  # (M,) each

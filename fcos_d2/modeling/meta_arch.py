@@ -200,11 +200,19 @@ class FCOS(FCOSPipeline):
                 "instances" (training) and optionally "height"/"width" for the output size.
         Returns:
             training: dict of losses; inference: per image {"instances": Instances}.
+            Scripted (``torch.jit.script``, inference only): per image the Instances in
+            the input image's coordinates, as Detectron2's scripted dense detectors.
         """
         images = self.preprocess_image(batched_inputs)
+        input_size = (images.tensor.shape[-2], images.tensor.shape[-1])
+        if torch.jit.is_scripting():
+            # TorchScript has no autocast region: float32; the module's own backbone (the
+            # BatchNorm-folded copy is no submodule, as while tracing); no rescaling
+            predictions = self.predict(self.backbone(images.tensor), input_size)
+            return self.detect(predictions, images.image_sizes)
         with autocast(self.device, self.autocast_dtype):  # the network; float32 after it
             features = self.inference_backbone()(images.tensor)
-            predictions = self.predict(features, tuple(images.tensor.shape[-2:]))
+            predictions = self.predict(features, input_size)
         if self.training:
             return self.forward_training(predictions, batched_inputs)
         return self.forward_inference(predictions, images.image_sizes, batched_inputs)

@@ -11,9 +11,11 @@ steps:
 
 The one-stage detector (:class:`~fcos_d2.modeling.FCOS`), the proposal generator
 (:class:`~fcos_d2.modeling.FCOSProposalGenerator`), the exported graph and TTA call them.
+``predict`` and ``detect`` script (``torch.jit.script``); ``losses_of``, for training
+only, is left out of scripting (``@torch.jit.unused``).
+:class:`FCOSPredictions` and :func:`level_locations` are defined in
+:mod:`fcos_d2.modeling.predictions`.
 """
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -24,60 +26,13 @@ from detectron2.layers import ShapeSpec
 from detectron2.structures import Instances
 
 from .execution import float32
-from .inference import FCOSPostProcessor, recording
+from .inference import FCOSPostProcessor
 from .losses import FCOSLosses
-from .targets import FCOSTargetAssigner, compute_locations
+from .predictions import FCOSPredictions, level_locations
+from .targets import FCOSTargetAssigner
 from .visualize import log_positive_locations
 
 __all__ = ["FCOSPredictions", "FCOSPipeline", "check_strides", "level_locations"]
-
-
-@lru_cache(maxsize=128)
-def _cached_locations(
-    height: int,
-    width: int,
-    stride: int,
-    device: torch.device,
-    offset: float,
-    spacing: Optional[Tuple[int, int]],
-) -> Tensor:
-    return compute_locations(height, width, stride, device, offset, spacing)
-
-
-def _spacing(input_size, feature: Tensor, tracing: bool):
-    """(H // Hi, W // Wi): Python ints, or while tracing the traced sizes' quotients, so
-    that an exported graph computes the spacing of each input it is given."""
-    if tracing:
-        return input_size[0] // feature.shape[-2], input_size[1] // feature.shape[-1]
-    return (
-        int(input_size[0]) // int(feature.shape[-2]),
-        int(input_size[1]) // int(feature.shape[-1]),
-    )
-
-
-def level_locations(
-    features: Sequence[Tensor],
-    strides: Sequence[int],
-    offset: float = 0.5,
-    input_size: Optional[Tuple[int, int]] = None,
-) -> List[Tensor]:
-    """Per level, the (Hi*Wi, 2) image coordinates of its locations (cached per size).
-
-    ``offset``: see :func:`compute_locations`. With ``input_size`` (the padded input's
-    (H, W)), the locations of a level are spaced by (H // Hi, W // Wi) instead of its
-    stride, as torchvision's ``AnchorGenerator`` spaces its anchors.
-
-    The returned tensors are shared between calls: do not modify them in place. While
-    tracing, they are computed from the traced shapes instead, so an exported graph
-    follows the input size.
-    """
-    tracing = recording()
-    spacings = [None if input_size is None else _spacing(input_size, f, tracing) for f in features]
-    locate = compute_locations if tracing else _cached_locations
-    return [
-        locate(f.shape[-2], f.shape[-1], int(s), f.device, float(offset), spacing)
-        for f, s, spacing in zip(features, strides, spacings)
-    ]
 
 
 def check_strides(
@@ -101,45 +56,6 @@ def check_strides(
             f"{list(in_features)} have strides {actual}"
         )
     return actual
-
-
-def _per_level(maps: List[Tensor]) -> List[Tensor]:
-    """Per-level (N, C, Hi, Wi) maps -> (N, Hi*Wi, C), row-major."""
-    return [m.flatten(2).transpose(1, 2) for m in maps]
-
-
-@dataclass
-class FCOSPredictions:
-    """The head's outputs for one batch, per level ``l`` (``Rl`` = Hl * Wl locations)."""
-
-    locations: List[Tensor]  # (Rl, 2) image coordinates of the locations
-    strides: List[int]
-    logits: List[Tensor]  # (N, Rl, K) class logits
-    box_dists: List[Tensor]  # (N, Rl, 4) (l, t, r, b) distances in stride units
-    ctrness: List[Tensor]  # (N, Rl) centerness (box quality) logits
-
-    @classmethod
-    def from_head(
-        cls,
-        features: List[Tensor],
-        strides: List[int],
-        head_outputs: Tuple[List[Tensor], List[Tensor], List[Tensor]],
-        location_offset: float = 0.5,
-        input_size: Optional[Tuple[int, int]] = None,
-    ) -> "FCOSPredictions":
-        """From the feature maps (for their sizes) and the head's per-level
-        (logits, box distances, centerness) maps of shape (N, C, Hl, Wl); the locations'
-        ``location_offset`` and ``input_size`` as in :func:`level_locations`."""
-        # Under autocast the head's maps may be float16 / bfloat16: everything after the
-        # head (targets, losses, decoding, NMS) computes in float32.
-        logits, box_dists, ctrness = ([m.float() for m in maps] for maps in head_outputs)
-        return cls(
-            locations=level_locations(features, strides, location_offset, input_size),
-            strides=list(strides),
-            logits=_per_level(logits),
-            box_dists=_per_level(box_dists),
-            ctrness=[c.flatten(1) for c in ctrness],
-        )
 
 
 class FCOSPipeline(nn.Module):
@@ -186,7 +102,9 @@ class FCOSPipeline(nn.Module):
         self.target_assigner = target_assigner
         self.losses = losses
         self.postprocessor = postprocessor
-        self.postprocessor_train = postprocessor_train or postprocessor
+        if postprocessor_train is None:
+            postprocessor_train = postprocessor
+        self.postprocessor_train = postprocessor_train
         self.location_offset = float(location_offset)
         self.spacing_from_input = spacing_from_input
 
@@ -216,9 +134,10 @@ class FCOSPipeline(nn.Module):
             self.strides,
             head_outputs,
             self.location_offset,
-            tuple(input_size) if self.spacing_from_input else None,
+            input_size if self.spacing_from_input else None,
         )
 
+    @torch.jit.unused  # training only
     def losses_of(
         self,
         predictions: FCOSPredictions,
@@ -258,6 +177,14 @@ class FCOSPipeline(nn.Module):
     ) -> List[Instances]:
         """Per image, the post-processed detections in input-image coordinates (with
         the training post-processor in training mode), computed in float32."""
-        postprocessor = self.postprocessor_train if self.training else self.postprocessor
+        if torch.jit.is_scripting():  # TorchScript has no autocast region: float32 already
+            return self._postprocess(predictions, image_sizes)
         with float32(predictions.logits[0].device):
-            return postprocessor(predictions, image_sizes)
+            return self._postprocess(predictions, image_sizes)
+
+    def _postprocess(
+        self, predictions: FCOSPredictions, image_sizes: List[Tuple[int, int]]
+    ) -> List[Instances]:
+        if self.training:
+            return self.postprocessor_train(predictions, image_sizes)
+        return self.postprocessor(predictions, image_sizes)

@@ -114,8 +114,8 @@ class FCOSProposalGenerator(FCOSPipeline):
         features: Dict[str, Tensor],
         gt_instances: Optional[List[Instances]] = None,
     ) -> Tuple[List[Instances], Dict[str, Tensor]]:
-        predictions = self.predict(features, tuple(images.tensor.shape[-2:]))
-        losses = {}
+        predictions = self.predict(features, (images.tensor.shape[-2], images.tensor.shape[-1]))
+        losses: Dict[str, Tensor] = {}
         if self.training:
             if gt_instances is None:
                 raise ValueError("FCOSProposalGenerator needs gt_instances in training")

@@ -16,7 +16,7 @@ def compute_locations(
     height: int,
     width: int,
     stride: int,
-    device=None,
+    device: Optional[torch.device] = None,
     offset: float = 0.5,
     spacing: Optional[Tuple[int, int]] = None,
 ) -> Tensor:
@@ -32,7 +32,7 @@ def compute_locations(
     shift = offset * stride
     xs = torch.arange(width, dtype=torch.float32, device=device) * step_x + shift
     ys = torch.arange(height, dtype=torch.float32, device=device) * step_y + shift
-    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    y, x = torch.meshgrid([ys, xs], indexing="ij")
     return torch.stack([x.reshape(-1), y.reshape(-1)], dim=1)
 
 

@@ -135,13 +135,24 @@ def test_losses_module_scripts_for_inference():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="scripting the whole FCOS is not done: after the head and the losses, "
-    "fcos_d2/modeling/fold_bn.py (an nn.Module annotation) and then FCOS.forward's autocast "
-    "helper, FCOSPredictions (a dataclass) and FCOSPostProcessor (a plain class) are not "
-    "scriptable; see docs/deployment.md",
-)
-def test_scripting_equals_eager(detectron2_path, tmp_path):
-    proc, _ = run_tool(detectron2_path, tmp_path, False, "scripting")
+@pytest.mark.parametrize("two_stage", [False, True], ids=["fcos", "faster_rcnn_fcos_rpn"])
+def test_scripting_equals_eager(detectron2_path, tmp_path, two_stage):
+    proc, model = run_tool(detectron2_path, tmp_path, two_stage, "scripting")
     assert_equal_to_eager(proc)
+    # another image size than the sample's, in this process: the scripted model takes
+    # Detectron2's inputs and returns per image the Instances' fields
+    scripted = torch.jit.load(str(tmp_path / "out" / "model.ts"))
+    image = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (3, 90, 150))).float()
+    with torch.no_grad():
+        fields = scripted(({"image": image},))[0]
+        if two_stage:
+            expected = model.inference([{"image": image}], do_postprocess=False)[0]
+        else:
+            expected = model([{"image": image}])[0]["instances"]
+    assert sorted(fields) == ["pred_boxes", "pred_classes", "scores"]
+    assert len(fields["scores"]) == len(expected) >= 20
+    assert torch.equal(fields["pred_classes"], expected.pred_classes)
+    torch.testing.assert_close(fields["scores"], expected.scores, atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        fields["pred_boxes"], expected.pred_boxes.tensor, atol=0.01, rtol=0
+    )
