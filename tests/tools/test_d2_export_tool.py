@@ -1,18 +1,22 @@
 """Detectron2's own tools/deploy/export_model.py on fcos_d2 models, through
-tools/detectron2_export_model.py: --export-method tracing for the one-stage FCOS and for
-Faster R-CNN with FCOS proposals, detections equal to eager; and how far scripting goes.
+tools/detectron2_export_model.py: --export-method tracing and scripting for the one-stage
+FCOS and for Faster R-CNN with FCOS proposals, detections equal to eager.
 
 The tool comes from a Detectron2 source tree: $FCOS_D2_DETECTRON2_SOURCE, else
-/tmp/d2src/detectron2 (the unpacked third_party archive); without one the tests skip.
+/tmp/d2src/detectron2, else the parts it needs unpacked from the source archive beside the
+checkout (../shared/third_party/detectron2-*.tar.gz, the Makefile's D2_SOURCE); without
+any of them the tests skip.
 The tool needs a ``detectron2.export`` that imports without caffe2: when the installed
 Detectron2's does not (v0.6), the tool runs in a subprocess on that source tree's Python
 package, with fcos_d2's pure-Python ``_C.py`` stand-in copied in.
 """
+import glob
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 import pytest
@@ -23,7 +27,8 @@ from detectron2.modeling import build_model
 from helpers import REPO, spread_model, tiny_cfg
 
 SOURCE = os.environ.get("FCOS_D2_DETECTRON2_SOURCE", "/tmp/d2src/detectron2")
-TOOL = os.path.join(SOURCE, "tools", "deploy", "export_model.py")
+ARCHIVES = os.path.join(os.path.dirname(REPO), "shared", "third_party", "detectron2-*.tar.gz")
+TOOL = os.path.join("tools", "deploy", "export_model.py")  # in the source tree
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,18 +40,32 @@ def installed_export_imports() -> bool:
 
 
 @pytest.fixture(scope="module")
-def detectron2_path(tmp_path_factory):
+def detectron2_source(tmp_path_factory) -> str:
+    """A Detectron2 source tree with tools/deploy/export_model.py (see the module's doc)."""
+    if os.path.isfile(os.path.join(SOURCE, TOOL)):
+        return SOURCE
+    archives = sorted(glob.glob(ARCHIVES))
+    if not archives:
+        pytest.skip(f"no Detectron2 source with {TOOL} at {SOURCE} and no {ARCHIVES} "
+                    "(set FCOS_D2_DETECTRON2_SOURCE)")  # fmt: skip
+    root = tmp_path_factory.mktemp("detectron2_archive")
+    wanted = ("detectron2/detectron2/", f"detectron2/{TOOL}", "detectron2/projects/PointRend/")
+    with tarfile.open(archives[-1]) as archive:
+        members = [m for m in archive.getmembers() if m.name.startswith(wanted)]
+        archive.extractall(root, members=members, filter="data")
+    return str(root / "detectron2")
+
+
+@pytest.fixture(scope="module")
+def detectron2_path(detectron2_source, tmp_path_factory):
     """A PYTHONPATH entry for a Detectron2 the tool can import ('' for the installed one)."""
-    if not os.path.isfile(TOOL):
-        pytest.skip(f"no Detectron2 source with tools/deploy/export_model.py at {SOURCE} "
-                    "(unpack the third_party archive there or set FCOS_D2_DETECTRON2_SOURCE)")
     if installed_export_imports():
         return ""
     root = tmp_path_factory.mktemp("detectron2_source")
-    shutil.copytree(os.path.join(SOURCE, "detectron2"), root / "detectron2")
+    shutil.copytree(os.path.join(detectron2_source, "detectron2"), root / "detectron2")
     shutil.copy(os.path.join(REPO, "tools", "detectron2_pure_python", "_C.py"),
                 root / "detectron2" / "_C.py")  # fmt: skip
-    shutil.copytree(os.path.join(SOURCE, "projects", "PointRend"),
+    shutil.copytree(os.path.join(detectron2_source, "projects", "PointRend"),
                     root / "projects" / "PointRend")  # the tool imports point_rend
     return str(root)
 
@@ -62,7 +81,7 @@ def lively_weights(two_stage, path):
     return cfg, model
 
 
-def run_tool(detectron2_path, tmp_path, two_stage, method):
+def run_tool(detectron2_source, detectron2_path, tmp_path, two_stage, method):
     cfg, model = lively_weights(two_stage, tmp_path / "weights.pth")
     cfg.MODEL.WEIGHTS = str(tmp_path / "weights.pth")
     (tmp_path / "cfg.yaml").write_text(cfg.dump())
@@ -73,7 +92,8 @@ def run_tool(detectron2_path, tmp_path, two_stage, method):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (detectron2_path, REPO) if p))
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools", "detectron2_export_model.py"),
-         "--tool", TOOL, "--export-method", method, "--format", "torchscript",
+         "--tool", os.path.join(detectron2_source, TOOL), "--export-method", method,
+         "--format", "torchscript",
          "--config-file", str(tmp_path / "cfg.yaml"),
          "--sample-image", str(tmp_path / "sample.png"), "--output", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=600, cwd=REPO, env=env,
@@ -94,8 +114,8 @@ def assert_equal_to_eager(proc):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("two_stage", [False, True], ids=["fcos", "faster_rcnn_fcos_rpn"])
-def test_tracing_equals_eager(detectron2_path, tmp_path, two_stage):
-    proc, model = run_tool(detectron2_path, tmp_path, two_stage, "tracing")
+def test_tracing_equals_eager(detectron2_source, detectron2_path, tmp_path, two_stage):
+    proc, model = run_tool(detectron2_source, detectron2_path, tmp_path, two_stage, "tracing")
     assert_equal_to_eager(proc)
     assert (tmp_path / "out" / "model.ts").is_file()
     # another image size than the traced one, in this process: the tool's traced graph
@@ -136,8 +156,8 @@ def test_losses_module_scripts_for_inference():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("two_stage", [False, True], ids=["fcos", "faster_rcnn_fcos_rpn"])
-def test_scripting_equals_eager(detectron2_path, tmp_path, two_stage):
-    proc, model = run_tool(detectron2_path, tmp_path, two_stage, "scripting")
+def test_scripting_equals_eager(detectron2_source, detectron2_path, tmp_path, two_stage):
+    proc, model = run_tool(detectron2_source, detectron2_path, tmp_path, two_stage, "scripting")
     assert_equal_to_eager(proc)
     # another image size than the sample's, in this process: the scripted model takes
     # Detectron2's inputs and returns per image the Instances' fields
