@@ -72,6 +72,7 @@ def _run(code, *args):
         "detectron2.checkpoint",
     ],
 )
+@pytest.mark.slow
 def test_detectron2_first_then_fcos_d2(module):
     r = _run(_FIRST, module)
     assert r["fcos"] is True
@@ -102,6 +103,7 @@ _TUTORIAL = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_tutorial_order_builds_and_runs_fcos():
     """The tutorial's order: detectron2 imported first, FCOS built and run after."""
     r = _run(_TUTORIAL)

@@ -42,6 +42,7 @@ def _dist_main(out_dir, scale):
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU launch path only used without CUDA")
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_launch_two_cpu_processes_with_gloo(tmp_path):

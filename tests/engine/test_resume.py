@@ -2,11 +2,14 @@
 and scheduler state of a run that was not interrupted (the job: tests/engine/resume_job.py)."""
 import os
 
+import pytest
+
 import torch
 
 from helpers import REPO
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_final_weights(tmp_path):
     import signal
     import subprocess

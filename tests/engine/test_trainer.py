@@ -63,6 +63,7 @@ def detections(model, cfg):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("two_stage", [False, True], ids=["fcos", "fcos_rpn_faster_rcnn"])
 def test_train_evaluate_checkpoint_reload(tiny_demo, tmp_path, two_stage):
     cfg = roundtrip_cfg(tmp_path, two_stage)

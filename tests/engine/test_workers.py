@@ -72,6 +72,7 @@ def _worker(two_stage, state_path, out_dir):
         torch.save(grads, os.path.join(out_dir, f"grads{rank}.pth"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU (gloo) launch path")
 @pytest.mark.parametrize("two_stage", [False, True], ids=["fcos", "fcos_proposals"])
 def test_one_and_two_workers_agree(tmp_path, two_stage, one_thread):

@@ -364,6 +364,7 @@ np.savez(sys.argv[3], *[o.numpy() for o in outputs])
 """
 
 
+@pytest.mark.slow
 def test_torchscript_runs_without_fcos_d2_and_detectron2(exported, tmp_path):
     root, model = exported
     image = random_image(150, 110, seed=31)

@@ -197,6 +197,7 @@ def differ(detections, others) -> bool:
                 and torch.allclose(detections[1], others[1], atol=1e-3))  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", sorted(OPTIONS))
 def test_each_option_reaches_the_exported_path(option, tmp_path):
     changes, baseline_changes = OPTIONS[option]

@@ -144,6 +144,7 @@ def match(fp32, int8, images, top=20):
     return float(torch.cat(found).mean()), r, diff
 
 
+@pytest.mark.slow
 def test_int8_detections_match_the_float_graphs(graphs):
     """On 6 demo validation images: >= 70 % of the float graph's 20 best detections have a
     same-class int8 detection at IoU >= 0.5, matched scores correlate with r >= 0.85 and
@@ -156,6 +157,7 @@ def test_int8_detections_match_the_float_graphs(graphs):
     assert found >= 0.7 and r >= 0.85 and diff < 0.03, (found, r, diff)
 
 
+@pytest.mark.slow
 def test_black_calibration_images_fail_the_criterion(graphs, tmp_path):
     """The criterion tells a bad calibration apart: calibrated on one black image, the
     activation ranges are wrong (measured: 17 % found, r 0.41, 0.07)."""
@@ -191,6 +193,7 @@ def exported_fp32(tmp_path_factory):
     return root / "onnx" / "model.onnx"
 
 
+@pytest.mark.slow
 def test_quantize_tool_writes_a_graph_deploy_onnx_runs(exported_fp32, tmp_path):
     pytest.importorskip("cv2")
     out = tmp_path / "int8"

@@ -98,17 +98,13 @@ def check_raw(run, model):
 
 
 OPTIONS = [pytest.param(None, id="default"), pytest.param(TORCHVISION_OPTIONS, id="torchvision")]
-# the default options unmarked (one export, ~10 s), torchvision's with the slow tests
-OPTIONS_FAST_DEFAULT = [
-    pytest.param(None, id="default"),
-    pytest.param(TORCHVISION_OPTIONS, id="torchvision", marks=pytest.mark.slow),
-]
 
 
 # --------------------------------------------------------------------------- ExportedProgram
 
 
-@pytest.mark.parametrize("options", OPTIONS_FAST_DEFAULT)
+@pytest.mark.slow
+@pytest.mark.parametrize("options", OPTIONS)
 def test_exported_program_end_to_end_equals_eager(options, tmp_path):
     """torch.export.save / load round trip, from an NHWC model (recorded from an NCHW copy;
     the model itself is left as it was)."""
@@ -129,6 +125,7 @@ def test_exported_program_raw_equals_eager(options, tmp_path):
     check_raw(run, model)
 
 
+@pytest.mark.slow
 def test_exported_program_with_one_and_no_detections(tmp_path):
     """NMS of 0 or 1 candidates (torchvision's NMS declares >= 2 kept boxes to torch.export,
     and the recorded program asserts it): the threshold passes exactly one (location, class)

@@ -50,6 +50,7 @@ def _iterations_logged(output_dir):
     return [r["iteration"] for r in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU (gloo) launch path")
 def test_train_net_two_cpu_processes_checkpoint_resume_evaluate(tmp_path):
     out, data = tmp_path / "out", tmp_path / "data"
