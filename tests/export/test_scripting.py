@@ -64,6 +64,7 @@ class OneStage(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self.train(model.training)  # Detectron2's scripting_with_instances wants eval mode
 
     def forward(self, inputs: List[Dict[str, Tensor]]) -> List[Dict[str, Tensor]]:
         return [i.get_fields() for i in self.model(inputs)]
