@@ -1,6 +1,7 @@
 """A DetectionCheckpointer that loads reference FCOS checkpoints as they are published."""
 import logging
 import os
+import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -70,13 +71,12 @@ def read_reference_weights(path: str) -> Optional[Tuple[str, Dict[str, Tensor]]]
     so looking at a large fcos_d2 checkpoint reads its key names, not its tensors."""
     if not os.path.isfile(path) or path.endswith(".pkl"):
         return None
-    data = None
-    for mmap in (True, False):  # files written before torch 1.6 cannot be mapped
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-            break
-        except Exception:  # not a tensors-only torch file: Detectron2 reports on it
-            continue
+    try:  # files written before torch 1.6 are not zip archives and cannot be mapped
+        data = torch.load(
+            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+        )
+    except Exception:  # not a tensors-only torch file: Detectron2 reports on it
+        return None
     if not isinstance(data, dict):
         return None
     for key in ("model", "state_dict"):  # the references' wrappers

@@ -25,7 +25,7 @@ precision      cpu      --                    bfloat16     float32
   it was measured faster than float32 with the same detections: CPUs with bfloat16
   instructions (``avx512_bf16``; R-50 FCOS inference at 800x1216 0.38x the float32 time
   on an Intel Xeon with AMX, 0.53x on an AMD EPYC with AVX-512 and no AMX). Without them
-  (AVX2 only) bfloat16 is emulated, 1.5x slower than float32, and "auto" keeps float32;
+  (AVX2 only) bfloat16 is emulated, 5.5x slower than float32, and "auto" keeps float32;
   on CUDA it keeps float32 until measured (set ``TEST.AMP.PRECISION "float16"`` to use
   tensor cores). Figures in docs/benchmarks.md.
 * The CPU features are those PyTorch may use: the flags of ``/proc/cpuinfo`` less what

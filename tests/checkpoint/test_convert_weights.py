@@ -470,6 +470,20 @@ def test_checkpointer_converts_reference_files_at_load(tmp_path):
         FCOSCheckpointer(build_model(cfg)).load(src)
 
 
+def test_checkpointer_reads_files_saved_before_the_zip_format(tmp_path):
+    """A reference file in torch's legacy (non-zip) format cannot be memory-mapped: it is
+    read whole and converted the same."""
+    state = {"model": mb_reference_model().state_dict()}
+    legacy, current = str(tmp_path / "legacy.pth"), str(tmp_path / "zip.pth")
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    torch.save(state, current)
+    models = [build_model(mb_cfg()).eval() for _ in range(2)]
+    for model, path in zip(models, (legacy, current)):
+        FCOSCheckpointer(model).load(path)
+    reference = models[1].state_dict()
+    assert all(torch.equal(reference[k], v) for k, v in models[0].state_dict().items())
+
+
 def test_checkpointer_fine_tunes_from_torchvision_weights(tv_state, tmp_path):
     """torchvision's own file (a bare state dict) as MODEL.WEIGHTS of a 3-class model:
     everything but the class logits, which keep the model's initialisation."""
