@@ -27,13 +27,30 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BOX_ATOL = 0.01  # pixels: exported boxes against eager ones
 SCORE_ATOL = 1e-4
 
+#: The devices of a test that runs on each: the CPU, and CUDA where PyTorch sees a GPU
+#: (marked ``cuda``: ``pytest -m cuda`` runs only those; without a GPU they are skipped).
+DEVICES = (
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=(
+            pytest.mark.cuda,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA unavailable"),
+        ),
+    ),
+)
 
-def tiny_cfg(two_stage: bool = False, num_classes: int = 3):
+#: The reduced precision each device's hardware has units for: bfloat16 on CPUs
+#: (AMX, avx512_bf16), float16 on CUDA (tensor cores; Detectron2's AMP dtype).
+REDUCED_PRECISION = {"cpu": torch.bfloat16, "cuda": torch.float16}
+
+
+def tiny_cfg(two_stage: bool = False, num_classes: int = 3, device: str = "cpu"):
     """A small ResNet-18 FCOS (or FCOS-RPN Faster R-CNN) config that runs fast on CPU."""
     two_stage_base = "configs/FCOS-RPN/faster_rcnn_R_50_FPN_1x.yaml"
     base = two_stage_base if two_stage else "configs/Base-FCOS.yaml"
     cfg = fcos_d2.setup_cfg(base, freeze=False)
-    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.DEVICE = device
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.RESNETS.DEPTH = 18
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64

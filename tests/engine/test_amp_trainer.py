@@ -1,17 +1,18 @@
 """SOLVER.AMP training (fcos_d2.engine.amp): bfloat16, and float16 with a GradScaler, on CPU
-(the precision rule and TEST.AMP inference: tests/modeling/test_execution.py)."""
+and, where there is a GPU, on CUDA (the precision rule and TEST.AMP inference:
+tests/modeling/test_execution.py)."""
 import os
 
 import pytest
 import torch
 
-from helpers import conv_output_dtypes, tiny_cfg
+from helpers import DEVICES, REDUCED_PRECISION, conv_output_dtypes, tiny_cfg
 
 
-def _train_cfg(tmp_path, precision, iters, size=128, batch=4):
+def _train_cfg(tmp_path, precision, iters, size=128, batch=4, device="cpu"):
     from fcos_d2.data import DEMO_CLASSES
 
-    cfg = tiny_cfg(num_classes=len(DEMO_CLASSES))
+    cfg = tiny_cfg(num_classes=len(DEMO_CLASSES), device=device)
     cfg.DATASETS.TRAIN = ("fcos_demo_train_mini",)
     cfg.DATASETS.TEST = ()
     cfg.DATALOADER.NUM_WORKERS = 0
@@ -37,14 +38,16 @@ def _losses(trainer):
 
 
 @pytest.mark.slow
-def test_float16_training_with_a_grad_scaler_on_cpu_and_resume(tmp_path, one_thread):
-    """CUDA's AMP numerics (float16 autocast + GradScaler) run on the CPU: 30 iterations
-    on the demo data, finite losses; a run resumed from the iteration-20 checkpoint
-    restores the scaler. PyTorch's CPU float16 convolution backward is slow (about 8x
-    float32), so this run uses a quarter-width MobileNetV2 at 64 px."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_float16_training_with_a_grad_scaler_and_resume(device, tmp_path, one_thread):
+    """CUDA's AMP numerics (float16 autocast + GradScaler), on CUDA and on the CPU: 30
+    iterations on the demo data, finite and decreasing losses; a run resumed from the
+    iteration-20 checkpoint restores the scaler. PyTorch's CPU float16 convolution
+    backward is slow (about 8x float32), so this run uses a quarter-width MobileNetV2 at
+    64 px."""
     from fcos_d2.engine import AMPTrainer, Trainer
 
-    cfg = _train_cfg(tmp_path, "float16", 30, size=64, batch=2)
+    cfg = _train_cfg(tmp_path, "float16", 30, size=64, batch=2, device=device)
     cfg.merge_from_file("configs/FCOS-Demo/fcos_MobileNetV2_demo.yaml")
     cfg.merge_from_list(["MODEL.MOBILENET.WIDTH_MULT", 0.25, "MODEL.FPN.OUT_CHANNELS", 32])
     cfg.merge_from_list(["DATASETS.TEST", (), "OUTPUT_DIR", str(tmp_path)])
@@ -74,19 +77,23 @@ def test_float16_training_with_a_grad_scaler_on_cpu_and_resume(tmp_path, one_thr
     assert resumed._trainer.grad_scaler.get_scale() == scale
 
 
-def test_bfloat16_training_on_cpu_needs_no_scaler(tmp_path, one_thread):
+@pytest.mark.parametrize("device", DEVICES)
+def test_auto_precision_training_scales_float16_only(device, tmp_path, one_thread):
+    """SOLVER.AMP.PRECISION "auto": bfloat16 without a scaler on a CPU, float16 with one
+    on CUDA; the network's convolutions run in that dtype."""
     from fcos_d2.engine import AMPTrainer, Trainer
 
-    cfg = _train_cfg(tmp_path, "auto", 3)
+    cfg = _train_cfg(tmp_path, "auto", 3, device=device)
     cfg.freeze()
     trainer = Trainer(cfg)
     assert isinstance(trainer._trainer, AMPTrainer)
-    assert trainer._trainer.precision == torch.bfloat16  # "auto" on a CPU
-    assert not trainer._trainer.grad_scaler.is_enabled()
+    dtype = REDUCED_PRECISION[device]
+    assert trainer._trainer.precision == dtype
+    assert trainer._trainer.grad_scaler.is_enabled() == (dtype == torch.float16)
     dtypes = conv_output_dtypes(trainer.model)
     trainer.resume_or_load(resume=False)
     trainer.train()
-    assert set(dtypes) == {torch.bfloat16}
+    assert set(dtypes) == {dtype}
     losses = _losses(trainer)
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
 

@@ -7,7 +7,7 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from helpers import conv_output_dtypes, make_inputs, tiny_cfg
+from helpers import DEVICES, REDUCED_PRECISION, conv_output_dtypes, make_inputs, tiny_cfg
 from fcos_d2.modeling import execution
 from fcos_d2.modeling.execution import amp_dtype, precision_modes
 
@@ -103,8 +103,8 @@ def test_defaults_are_auto_inference_and_float32_training():
 
 
 # ---- float32 numerics under autocast ----------------------------------------------------
-def _model(**opts):
-    cfg = tiny_cfg()
+def _model(device="cpu", **opts):
+    cfg = tiny_cfg(device=device)
     for key, value in opts.items():
         node = cfg
         *parents, leaf = key.split(".")
@@ -124,14 +124,17 @@ def _spread_head(model, scale=40.0):
             conv.bias.zero_()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_losses_under_autocast_equal_float32_losses_of_the_same_outputs(dtype, one_thread):
+def test_losses_under_autocast_equal_float32_losses_of_the_same_outputs(
+    dtype, device, one_thread
+):
     """The head's outputs in reduced precision: the losses computed under autocast equal,
     exactly, the float32 losses of the same values (upcast) computed without autocast."""
-    model = _model().train()
+    model = _model(device).train()
     inputs = make_inputs(BOXES)
     images = model.preprocess_image(inputs)
-    gt = [x["instances"] for x in inputs]
+    gt = [x["instances"].to(device) for x in inputs]
     with torch.no_grad():
         features = model.backbone(images.tensor)
         maps = [features[f] for f in model.in_features]
@@ -144,7 +147,7 @@ def test_losses_under_autocast_equal_float32_losses_of_the_same_outputs(dtype, o
         return FCOSPredictions.from_head(maps, model.strides, outputs, 0.5, size)
 
     with EventStorage():
-        with torch.autocast("cpu", dtype=dtype):
+        with torch.autocast(device, dtype=dtype):
             under_autocast = model.losses_of(predictions(low), gt)
         upcast = tuple([m.float() for m in level] for level in low)
         reference = model.losses_of(predictions(upcast), gt)
@@ -154,14 +157,15 @@ def test_losses_under_autocast_equal_float32_losses_of_the_same_outputs(dtype, o
         assert torch.equal(under_autocast[name], reference[name]), name
 
 
-def test_predictions_leave_autocast_as_float32(one_thread):
-    model = _model().train()
+@pytest.mark.parametrize("device", DEVICES)
+def test_predictions_leave_autocast_as_float32(device, one_thread):
+    model = _model(device).train()
     images = model.preprocess_image(make_inputs(BOXES))
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast(device, dtype=REDUCED_PRECISION[device]):
         features = model.backbone(images.tensor)
         raw = model.head([features[f] for f in model.in_features])
         predictions = model.predict(features, tuple(images.tensor.shape[-2:]))
-    assert raw[0][0].dtype == torch.bfloat16  # the network itself ran in bfloat16
+    assert raw[0][0].dtype == REDUCED_PRECISION[device]  # the network ran in it
     for maps in (predictions.logits, predictions.box_dists, predictions.ctrness):
         assert all(m.dtype == torch.float32 for m in maps)
 
@@ -195,13 +199,14 @@ def test_overflowed_head_outputs_keep_the_losses_finite():
 
 
 # ---- TEST.AMP: inference under autocast inside the model --------------------------------
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
 def test_test_amp_runs_the_network_in_reduced_precision_with_float32_detections(
-    precision, one_thread
+    precision, device, one_thread
 ):
     inputs = [{k: v for k, v in x.items() if k != "instances"} for x in make_inputs(BOXES)]
-    fp32 = _model().eval()
-    amp = _model(**{"TEST.AMP.ENABLED": True, "TEST.AMP.PRECISION": precision}).eval()
+    fp32 = _model(device).eval()
+    amp = _model(device, **{"TEST.AMP.ENABLED": True, "TEST.AMP.PRECISION": precision}).eval()
     amp.load_state_dict(fp32.state_dict())
     for m in (fp32, amp):
         _spread_head(m)
@@ -236,14 +241,17 @@ def test_the_policy_follows_the_mode_not_the_grad_mode(one_thread):
 
 
 # ---- the two-stage model with FCOS proposals --------------------------------------------
-def test_two_stage_model_follows_test_amp_with_float32_detections(one_thread):
+@pytest.mark.parametrize("device", DEVICES)
+def test_two_stage_model_follows_test_amp_with_float32_detections(device, one_thread):
     from detectron2.modeling import build_model
 
+    dtype = REDUCED_PRECISION[device]
+
     def build(amp):
-        cfg = tiny_cfg(two_stage=True)
+        cfg = tiny_cfg(two_stage=True, device=device)
         cfg.MODEL.PROPOSAL_GENERATOR.NAME = "FCOS"
         cfg.TEST.AMP.ENABLED = amp
-        cfg.TEST.AMP.PRECISION = "bfloat16"
+        cfg.TEST.AMP.PRECISION = str(dtype).replace("torch.", "")
         torch.manual_seed(0)
         return build_model(cfg).eval()
 
@@ -257,13 +265,14 @@ def test_two_stage_model_follows_test_amp_with_float32_detections(one_thread):
         ref = fp32([image])[0]["instances"]
         out = amp([image])[0]["instances"]
         amp.inference([image], do_postprocess=False)  # the TTA wrapper's entry point
-    assert seen == [torch.bfloat16, torch.bfloat16]
+    assert seen == [dtype, dtype]
     assert out.scores.dtype == torch.float32 and out.pred_boxes.tensor.dtype == torch.float32
     assert len(out) > 10
     assert torch.allclose(out.scores[:5], ref.scores[:5], atol=0.02)
 
 
-def test_detectron2_default_predictor_and_tta_get_test_amp(one_thread):
+@pytest.mark.parametrize("device", DEVICES)
+def test_detectron2_default_predictor_and_tta_get_test_amp(device, one_thread):
     """Clients that only build and call the model (Detectron2's DefaultPredictor, TTA)
     run it under TEST.AMP with no wrapping of their own."""
     import numpy as np
@@ -271,17 +280,18 @@ def test_detectron2_default_predictor_and_tta_get_test_amp(one_thread):
 
     from fcos_d2.modeling.tta import FCOSWithTTA
 
-    cfg = tiny_cfg()
+    dtype = REDUCED_PRECISION[device]
+    cfg = tiny_cfg(device=device)
     cfg.TEST.AMP.ENABLED = True
-    cfg.TEST.AMP.PRECISION = "bfloat16"
+    cfg.TEST.AMP.PRECISION = str(dtype).replace("torch.", "")
     predictor = DefaultPredictor(cfg)
     dtypes = conv_output_dtypes(predictor.model)
     image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
     out = predictor(image)["instances"]
-    assert set(dtypes) == {torch.bfloat16} and out.scores.dtype == torch.float32
+    assert set(dtypes) == {dtype} and out.scores.dtype == torch.float32
     cfg.TEST.AUG.MIN_SIZES = (96,)
     cfg.TEST.AUG.FLIP = False
     dtypes.clear()
     tta = FCOSWithTTA(cfg, predictor.model)
     tta([{"image": torch.as_tensor(image).permute(2, 0, 1).float()}])
-    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert dtypes and set(dtypes) == {dtype}

@@ -10,7 +10,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
 
-from helpers import tiny_cfg
+from helpers import DEVICES, spread_model, tiny_cfg
 from fcos_d2.modeling.pipeline import FCOSPredictions
 
 SIZES = [(200, 250), (200, 249)]  # odd sizes: one width is not a multiple of any stride
@@ -128,6 +128,7 @@ def test_fcos_proposals_in_training_survive_inf_head_outputs(model):
     assert [len(d) for d in detections] == [0, 0]
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA unavailable")
 def test_autocast(model):
     model = model.cuda().eval()
@@ -150,3 +151,45 @@ def test_autocast(model):
     inst = out["instances"]
     assert inst.pred_boxes.tensor.dtype == torch.float32
     assert torch.isfinite(inst.pred_boxes.tensor).all()
+
+
+@pytest.fixture
+def no_tf32():
+    """Full float32 convolutions and matrix products on CUDA (cuDNN's TF32 is on by default)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _detections(model, images):
+    with torch.no_grad():
+        out = model([{"image": image} for image in images])
+    return [o["instances"].to("cpu") for o in out]
+
+
+@pytest.mark.parametrize("device", DEVICES[1:])
+@pytest.mark.parametrize("two_stage", [False, True], ids=["fcos", "faster_rcnn_fcos_proposals"])
+def test_cuda_detections_equal_the_cpu_ones_in_float32(two_stage, device, no_tf32):
+    """The same weights and pixels on CUDA and on the CPU, in float32: the same detections
+    (count; each CPU detection has a CUDA one of its class within 0.01 px and 1e-4 in
+    score; matched by box, since near-equal scores may sort differently)."""
+    if two_stage:
+        torch.manual_seed(0)
+        cpu = build_model(tiny_cfg(two_stage=True)).eval()
+    else:
+        cpu = spread_model()
+    gpu = build_model(tiny_cfg(two_stage=two_stage, device=device)).eval()
+    gpu.load_state_dict(cpu.state_dict())
+    if not two_stage:
+        gpu.postprocessor.score_thresh = cpu.postprocessor.score_thresh
+    gen = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, *size, generator=gen) * 255 for size in ((96, 128), (80, 100))]
+    for ref, out in zip(_detections(cpu, images), _detections(gpu, images)):
+        assert len(ref) >= 10 and len(out) == len(ref)
+        for box, score, cls in zip(ref.pred_boxes.tensor, ref.scores, ref.pred_classes):
+            same_class = out.pred_classes == cls
+            gap = (out.pred_boxes.tensor[same_class] - box).abs().amax(dim=1)
+            best = int(gap.argmin())
+            assert gap[best] < 0.01
+            assert abs(float(out.scores[same_class][best] - score)) < 1e-4
