@@ -23,6 +23,11 @@ Usage::
 
     python tools/install_detectron2.py            # idempotent
     python tools/install_detectron2.py --force    # reinstall whatever is installed
+    python tools/install_detectron2.py --wheel-dir .whl   # build the patched wheel only
+
+``--wheel-dir`` installs nothing: it writes the patched sources as a pure-Python wheel
+(``pb1_detectron2-0.6-py3-none-any.whl``) into that folder, for a machine that cannot
+reach PyPI (scripts/device_wheels.sh).
 """
 import argparse
 import hashlib
@@ -253,10 +258,35 @@ def pip_install(src: str) -> None:
     subprocess.run(cmd, check=True)
 
 
+def build_wheel(src: str, wheel_dir: str) -> None:
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+           "--wheel-dir", wheel_dir, src]  # fmt: skip
+    log("running: " + " ".join(cmd))
+    subprocess.run(cmd, check=True)
+
+
+def patched_sources(workdir: str) -> str:
+    """The sdist (downloaded or cached) extracted into ``workdir`` and patched: its root."""
+    src = extract(fetch_sdist(), workdir)
+    patch_sources(src)
+    return src
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--force", action="store_true", help="reinstall whatever is installed")
+    parser.add_argument(
+        "--wheel-dir", metavar="DIR",
+        help="install nothing: write the patched Detectron2 as a wheel into DIR",
+    )
     args = parser.parse_args(argv)
+
+    if args.wheel_dir:
+        os.makedirs(args.wheel_dir, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="fcos_d2_detectron2_") as workdir:
+            build_wheel(patched_sources(workdir), os.path.abspath(args.wheel_dir))
+        log(f"wheel written to {args.wheel_dir}")
+        return 0
 
     state, info = installed_state()
     if info.get("detectron2"):
@@ -273,11 +303,8 @@ def main(argv=None) -> int:
             )
 
     log(f"installing pure-Python Detectron2 v0.6 into {sys.executable}")
-    sdist = fetch_sdist()
     with tempfile.TemporaryDirectory(prefix="fcos_d2_detectron2_") as workdir:
-        src = extract(sdist, workdir)
-        patch_sources(src)
-        pip_install(src)
+        pip_install(patched_sources(workdir))
 
     state, _ = installed_state()
     if state != "current":

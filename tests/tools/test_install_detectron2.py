@@ -121,3 +121,30 @@ def test_import_fcos_d2_names_the_fix_for_a_detectron2_without_c(tmp_path):
 def test_installed_detectron2_has_the_current_patch(installer):
     state, info = installer.installed_state()
     assert state == "current", info
+
+
+@pytest.mark.slow
+def test_wheel_dir_writes_the_patched_sources_as_a_wheel(installer, tmp_path):
+    """``--wheel-dir`` (scripts/device_wheels.sh): a pure-Python wheel holding the patch's
+    new lines in every patched file and the pure-Python ``_C`` module; nothing installed."""
+    import zipfile
+
+    sdist = os.path.join(installer.CACHE_DIR, installer.SDIST_NAME)
+    if not os.path.exists(sdist):
+        pytest.skip(f"no cached {sdist} (make setup downloads it)")
+    before = installer.installed_state()
+    assert installer.main(["--wheel-dir", str(tmp_path)]) == 0
+    (wheel,) = os.listdir(tmp_path)
+    assert wheel == "pb1_detectron2-0.6-py3-none-any.whl"
+    with open(installer.PATCH_FILE) as f:
+        patch = installer.parse_unified_diff(f.read())
+    with zipfile.ZipFile(tmp_path / wheel) as z:
+        for path, hunks in patch:
+            if not path.startswith("detectron2/"):
+                continue  # setup.py: not in a wheel
+            text = z.read(path).decode()
+            for _, _, new in hunks:
+                assert "".join(new) in text, path
+        with open(installer.C_MODULE) as f:
+            assert z.read("detectron2/_C.py").decode() == f.read()
+    assert installer.installed_state() == before
