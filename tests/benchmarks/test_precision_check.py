@@ -52,7 +52,7 @@ def test_seconds_per_iteration_is_the_median_of_metrics_json(tmp_path):
 
 def _figures():
     return {
-        "machine": "CPU test", "device": "cpu", "skipped": [], "failed": [],
+        "machine": "CPU test", "device": "cpu", "kind": "amx", "skipped": [], "failed": [],
         "benchmark": {"rows": [
             {"model": "FCOS", "precision": "fp32", "infer_800x1216_ms": 2000.0, "train_ms": 4000.0},
             {"model": "FCOS", "precision": "amp", "infer_800x1216_ms": 760.0, "train_ms": 1920.0},
@@ -66,9 +66,15 @@ def _figures():
     }  # fmt: skip
 
 
+def _verdicts(table):
+    """The "met" column of a summary's goal table, by figure."""
+    rows = [line.rstrip(" |").split(" | ") for line in table.splitlines() if line.startswith("| ")]
+    return {row[0][2:]: row[-1] for row in rows}
+
+
 def test_goal_values_and_their_verdicts_by_hand():
     values = pc.goal_values(_figures())
-    names = [name for name, _, _ in pc.GOALS]
+    names = [goal[0] for goal in pc.GOALS]
     assert values == pytest.approx({
         names[0]: 760 / 2000,  # 0.38: met
         names[1]: 1920 / 4000,  # 0.48: not met
@@ -78,10 +84,15 @@ def test_goal_values_and_their_verdicts_by_hand():
         names[5]: 49.00 - 50.98,  # -1.98: not met
     })  # fmt: skip
     table = pc.format_summary(_figures())
-    verdicts = {line.split(" | ")[0][2:]: line.rstrip(" |").split(" | ")[-1]
-                for line in table.splitlines() if line.startswith("| ") and " | " in line}
-    assert [verdicts[n] for n in names] == ["yes", "NO", "yes", "yes", "NO", "NO"]
+    verdicts = _verdicts(table)
+    assert [verdicts[n] for n in names] == ["yes", "NO", "yes", "yes", "NO", "not here"]
     assert "| demo_amp_seed11 | 49.00 | 0.240 | 150 |" in table
+    # on a CPU without AMX the speed ratios are shown, not judged; on CUDA the cost of
+    # float16 training is judged
+    for kind, expected in (("cpu", ["not here"] * 3 + ["yes", "NO", "not here"]),
+                           ("cuda", ["not here"] * 3 + ["yes", "NO", "NO"])):  # fmt: skip
+        verdicts = _verdicts(pc.format_summary(dict(_figures(), kind=kind)))
+        assert [verdicts[n] for n in names] == expected, kind
 
 
 def test_unmeasured_goals_are_named_not_judged():
