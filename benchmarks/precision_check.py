@@ -16,7 +16,8 @@ short GPU lease must not miss):
 * ``speed``: ``benchmarks.benchmark`` -- R-50 FCOS and torchvision's FCOS, float32 and
   under autocast (inference at 800x1216 and 512x640, training step at 512x640);
 * ``recipe``: ``benchmarks.demo_recipe`` -- the demo recipe's seconds per iteration in
-  float32 against SOLVER.AMP.
+  float32 against SOLVER.AMP;
+* ``suite`` (CUDA only): ``pytest -m "not slow"``, the test suite on the GPU machine.
 
 A stage that would not end within ``--budget`` seconds (its own typical length is
 ``STAGE_SECONDS``) is skipped and named. Writes ``precision_check.json`` (figures),
@@ -44,7 +45,8 @@ PROGRESS = re.compile(r"eta: |copypaste: \d|round \d+/|passed|failed|Error")
 
 #: A stage's length on the slower of the machines measured (2-core CPU), seconds: what
 #: ``--budget`` is checked against before a stage starts (a GPU takes less).
-STAGE_SECONDS = {"tests": 120, "demo": 300, "amp-demo": 240, "speed": 420, "recipe": 120}
+STAGE_SECONDS = {"tests": 120, "demo": 300, "amp-demo": 240, "speed": 420, "recipe": 120,
+                 "suite": 300}
 
 #: (figure, goal, test, where it is a goal): the goals of docs/precision.md -- the speed
 #: ratios on CPUs with AMX ("amx"), the cost of float16 training on CUDA ("cuda"), the
@@ -104,13 +106,16 @@ class Check:
     def left(self) -> float:
         return self.args.budget - (time.monotonic() - self.start)
 
-    def fits(self, stage: str) -> bool:
+    def fits(self, stage: str, run: str = "") -> bool:
+        """Whether ``stage`` (its run ``run``, e.g. a seed) is to run: not skipped, and
+        its typical length within the budget left; else it is named in "skipped"."""
+        name = f"{stage} {run}".strip()
         if stage in self.args.skip:
-            self.figures["skipped"].append(f"{stage} (--skip)")
+            self.figures["skipped"].append(f"{name} (--skip)")
             return False
         if self.left() < STAGE_SECONDS[stage] * self.args.stage_scale:
-            self.figures["skipped"].append(f"{stage} ({self.left():.0f} s of the budget left)")
-            log(f"skipping {stage}: {self.left():.0f} s of the budget left")
+            self.figures["skipped"].append(f"{name} ({self.left():.0f} s of the budget left)")
+            log(f"skipping {name}: {self.left():.0f} s of the budget left")
             return False
         return True
 
@@ -180,7 +185,7 @@ def run_stages(check: Check) -> Dict[str, object]:
             f"demo weights, {reduced} evaluation", weights, os.path.join(runs, "demo_amp_eval"),
             ["TEST.AMP.ENABLED", "True", "TEST.AMP.PRECISION", reduced])
     for seed in args.seeds:
-        if check.fits("amp-demo"):
+        if check.fits("amp-demo", f"seed {seed}"):
             fig[f"demo_amp_seed{seed}"] = check.train(
                 f"demo under SOLVER.AMP, seed {seed}", DEMO_AMP,
                 os.path.join(runs, f"demo_amp_seed{seed}"), [*workers, "SEED", str(seed)])
@@ -199,6 +204,9 @@ def run_stages(check: Check) -> Dict[str, object]:
         if os.path.exists(path):
             with open(path) as f:
                 fig["recipe"] = json.load(f)
+    if check.device.startswith("cuda") and check.fits("suite"):
+        text = check.run("suite", [sys.executable, "-m", "pytest", "-q", "-m", "not slow", "tests"])
+        fig["suite"] = (text.strip().splitlines() or [""])[-1]
     return fig
 
 
@@ -256,7 +264,7 @@ def format_summary(fig: Dict[str, object]) -> str:
             s_it = f"{v['s_per_it']:.3f}" if v.get("s_per_it") else "-"
             wall = f"{v['wall_s']:.0f}" if v.get("wall_s") else "-"
             lines.append(f"| {key} | {ap} | {s_it} | {wall} |")
-    for key in ("tests", "skipped", "failed"):
+    for key in ("tests", "suite", "skipped", "failed"):
         value = fig.get(key)
         if value:
             lines.append(f"\n{key}: {value if isinstance(value, str) else ', '.join(value)}")

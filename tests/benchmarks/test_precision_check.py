@@ -112,6 +112,9 @@ def test_a_stage_that_does_not_fit_the_budget_is_skipped_and_named(tmp_path):
     assert not check.fits("demo") and check.fits("recipe") and not check.fits("speed")
     assert check.figures["skipped"][0].startswith("demo (")
     assert check.figures["skipped"][1] == "speed (--skip)"
+    check.args.budget = pc.STAGE_SECONDS["amp-demo"] - 1
+    assert not check.fits("amp-demo", "seed 11")
+    assert check.figures["skipped"][2].startswith("amp-demo seed 11 (")
 
 
 def test_commands_are_logged_and_stopped_at_the_budget(tmp_path):
