@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from helpers import load_script, pure_python_only
+from helpers import REPO, load_script, pure_python_only
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,9 @@ def test_import_fcos_d2_names_the_fix_for_a_detectron2_without_c(tmp_path):
     import subprocess
     import sys
 
-    env = dict(os.environ, PYTHONPATH=_fake_detectron2(tmp_path, None, True))
+    # fcos_d2 from this checkout also where it is not installed (scripts/cuda_check.sh)
+    path = os.pathsep.join([_fake_detectron2(tmp_path, None, True), REPO])
+    env = dict(os.environ, PYTHONPATH=path)
     res = subprocess.run([sys.executable, "-c", "import fcos_d2"], capture_output=True,
                          text=True, env=env, cwd=str(tmp_path), timeout=300)  # fmt: skip
     assert res.returncode == 1
