@@ -126,3 +126,23 @@ def test_commands_are_logged_and_stopped_at_the_budget(tmp_path):
     assert "timed out" in text and check.figures["failed"] == ["sleeper"]
     log = (tmp_path / "precision_check.log").read_text()
     assert "===== echo:" in log and "copypaste: 1\nx\n" in log and "===== sleeper:" in log
+
+
+def test_a_training_stage_starts_from_an_empty_output_dir(tmp_path, monkeypatch):
+    """Detectron2 appends to metrics.json: a second check in the same folder must not mix
+    the earlier run's iteration times into its own."""
+    check = _check(tmp_path, budget=60)
+    out = tmp_path / "runs" / "demo_fp32"
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps({"iteration": 19, "time": 9.0}) + "\n")
+
+    def fake_train_net(what, cmd):  # what train_net.py leaves: metrics and the csv lines
+        assert cmd[cmd.index("OUTPUT_DIR") + 1] == str(out) and "SEED" in cmd
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "metrics.json", "a") as f:
+            f.write(json.dumps({"iteration": 19, "time": 0.3}) + "\n")
+        return _csv_output(OrderedDict(bbox={"AP": 51.5}))
+
+    monkeypatch.setattr(check, "run", fake_train_net)
+    result = check.train("demo", pc.DEMO, str(out), ["SEED", "7"])
+    assert result["ap"] == pytest.approx(51.5) and result["s_per_it"] == pytest.approx(0.3)
