@@ -252,15 +252,9 @@ def patch_sources(src: str) -> None:
     log("added detectron2/_C.py (pure Python: torchvision deformable conv, clear errors)")
 
 
-def pip_install(src: str) -> None:
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", src]
-    log("running: " + " ".join(cmd))
-    subprocess.run(cmd, check=True)
-
-
-def build_wheel(src: str, wheel_dir: str) -> None:
-    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-           "--wheel-dir", wheel_dir, src]  # fmt: skip
+def pip(command: str, *args: str) -> None:
+    """``pip COMMAND --no-deps --no-build-isolation ARGS`` with this interpreter."""
+    cmd = [sys.executable, "-m", "pip", command, "--no-deps", "--no-build-isolation", *args]
     log("running: " + " ".join(cmd))
     subprocess.run(cmd, check=True)
 
@@ -284,7 +278,7 @@ def main(argv=None) -> int:
     if args.wheel_dir:
         os.makedirs(args.wheel_dir, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="fcos_d2_detectron2_") as workdir:
-            build_wheel(patched_sources(workdir), os.path.abspath(args.wheel_dir))
+            pip("wheel", "--wheel-dir", os.path.abspath(args.wheel_dir), patched_sources(workdir))
         log(f"wheel written to {args.wheel_dir}")
         return 0
 
@@ -304,7 +298,7 @@ def main(argv=None) -> int:
 
     log(f"installing pure-Python Detectron2 v0.6 into {sys.executable}")
     with tempfile.TemporaryDirectory(prefix="fcos_d2_detectron2_") as workdir:
-        pip_install(patched_sources(workdir))
+        pip("install", patched_sources(workdir))
 
     state, _ = installed_state()
     if state != "current":
